@@ -1,0 +1,35 @@
+"""The whole service in one WSGI app: the receiver (ingest) and the read side (query)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from flask import Flask
+
+from ingest.database import apply_schema
+from ingest.settings import IngestSettings
+from ingest.web import register_error_handlers
+from ingest.wiring import database_url, mount_receiver
+
+# Set by `distribmail serve` once it applied the schema, so that its workers skip it.
+SCHEMA_APPLIED = "DISTRIBMAIL_SCHEMA_APPLIED_TO"
+
+
+def create_app(config: Mapping[str, str] | None = None) -> Flask:
+    """Build the app from DISTRIBMAIL_* settings: `config` (tests) or the environment.
+
+    The schema is applied here too (it is idempotent and serialized by an advisory lock),
+    so that an app started by any WSGI server finds its tables.
+    """
+    env = os.environ if config is None else config
+    settings = IngestSettings.from_env(env)
+    url = database_url(settings)
+    if env.get(SCHEMA_APPLIED) != url:
+        apply_schema(url)
+
+    app = Flask("distribmail")
+    app.config["DISTRIBMAIL_DATABASE_URL"] = url
+    register_error_handlers(app)
+    mount_receiver(app, settings, url)
+    return app

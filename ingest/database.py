@@ -1,0 +1,63 @@
+"""Connections: one pool per process, the schema, and SQLAlchemy Core statements compiled once.
+
+We build statements with SQLAlchemy Core (named bound parameters, no string pasting) and
+run them on psycopg connections from psycopg_pool, so that the hot path pays neither an
+ORM nor a second pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql import ClauseElement
+
+from ingest.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
+DIALECT = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
+
+# Held while the schema is applied, so that workers starting together do not race.
+SCHEMA_LOCK_KEY = 0x6D61696C  # "mail"
+
+
+def compile_sql(statement: ClauseElement) -> tuple[str, dict[str, Any]]:
+    """SQL text in psycopg's %(name)s style and its bound parameters."""
+    compiled = statement.compile(dialect=DIALECT)
+    return str(compiled), dict(compiled.params)
+
+
+def open_pool(
+    url: str, size: int = 8, timeout: float = 3.0, name: str = "distribmail"
+) -> ConnectionPool:
+    """A pool that opens lazily: the service starts (and spools) even when the database is down."""
+    pool = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max(1, size),
+        timeout=timeout,
+        name=name,
+        open=False,
+        kwargs={"connect_timeout": max(1, int(timeout)), "row_factory": dict_row},
+    )
+    pool.open(wait=False)
+    return pool
+
+
+def apply_schema(url: str) -> None:
+    """Apply schema.sql (idempotent) in one transaction."""
+    sql = SCHEMA_PATH.read_text(encoding="utf-8")
+    try:
+        with psycopg.connect(url, autocommit=False) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+            conn.execute(sql)  # type: ignore[arg-type]
+    except psycopg.OperationalError as e:
+        raise DatabaseUnavailable(f"cannot reach the database to apply the schema: {e}") from e
+    log.info("schema applied")

@@ -1,0 +1,135 @@
+"""The fixed receive pipeline: parse the body, normalize each event, append, or spool.
+
+Authentication happens before (ingest.auth, called by the route); everything here is the
+same for every provider: only `provider.normalize` differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from ingest import recorder
+from ingest.errors import BadRequest, DatabaseUnavailable, TryLater
+from ingest.providers import PROVIDERS
+from ingest.spool import Spool, SpoolDrainer, SpooledRequest
+
+log = logging.getLogger(__name__)
+
+# After the database failed once, send the next requests straight to the spool for this
+# long instead of making each of them wait for a connection timeout.
+DOWN_BACKOFF_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Receipt:
+    received: int
+    stored: int = 0
+    duplicates: int = 0
+    spooled: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        body = {"received": self.received, "stored": self.stored, "duplicates": self.duplicates}
+        if self.spooled:
+            body["spooled"] = self.spooled
+        return body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_body(body: bytes) -> list[dict[str, Any]]:
+    """One event object, a list of them, or an object wrapping such a list under one key."""
+    try:
+        document = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the body is not JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("the body is not JSON we can read: nested too deeply") from None
+    if isinstance(document, dict):
+        return _unwrap(document)
+    if isinstance(document, list):
+        for index, item in enumerate(document):
+            if not isinstance(item, dict):
+                raise BadRequest(
+                    f"item {index} of the list is a {type(item).__name__}, not an event object"
+                )
+        return document
+    raise BadRequest(
+        f"the body is a JSON {type(document).__name__}: expected an event object or a list of them"
+    )
+
+
+def _unwrap(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Brevo's batched body has not been seen live (brevo.md section 3): besides a bare list,
+    take `{"<key>": [event, ...]}` as a batch when it holds nothing else and every item has
+    an `event`. Anything else is one (perhaps flagged) event, stored as received."""
+    if "event" not in document and len(document) == 1:
+        (inner,) = document.values()
+        if (
+            isinstance(inner, list)
+            and inner
+            and all(isinstance(item, dict) and "event" in item for item in inner)
+        ):
+            return inner
+    return [document]
+
+
+class Receiver:
+    """Appends a request's events to the log in one transaction, or spools them."""
+
+    def __init__(self, pool: ConnectionPool, spool: Spool) -> None:
+        self.pool = pool
+        self.spool = spool
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+        self.drainer: SpoolDrainer | None = None  # set when a drainer thread serves us
+
+    def receive(self, provider_name: str, body: bytes, source: str = "webhook") -> Receipt:
+        payloads = parse_body(body)
+        received_at = datetime.now(UTC)
+        if not payloads:
+            return Receipt(received=0)
+        if time.monotonic() >= self._down_until:
+            try:
+                stored = self.append(provider_name, source, payloads)
+                return Receipt(len(payloads), stored, len(payloads) - stored)
+            except DatabaseUnavailable as e:
+                log.warning("database unavailable, spooling %d event(s): %s", len(payloads), e)
+                with self._lock:
+                    self._down_until = time.monotonic() + DOWN_BACKOFF_SECONDS
+        return self._spool(SpooledRequest(provider_name, source, received_at, payloads))
+
+    def append(
+        self,
+        provider_name: str,
+        source: str,
+        payloads: list[dict[str, Any]],
+        received_at: datetime | None = None,
+    ) -> int:
+        """Normalize and append; returns how many events were new in the log."""
+        provider = PROVIDERS[provider_name]
+        events = [provider.normalize(p, source) for p in payloads]
+        return recorder.insert_events(self.pool, events, received_at)
+
+    def _spool(self, request: SpooledRequest) -> Receipt:
+        try:
+            self.spool.write(request)
+        except OSError as e:
+            log.error("cannot spool %d event(s): %s", len(request.payloads), e)
+            raise TryLater("the event log and the spool are both unavailable; retry later") from e
+        return Receipt(received=len(request.payloads), spooled=len(request.payloads))
+
+    def drain_spool(self) -> int:
+        return self.spool.drain(
+            lambda r: self.append(r.provider, r.source, r.payloads, r.received_at),
+            lambda e: isinstance(e, DatabaseUnavailable),
+        )

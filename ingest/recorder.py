@@ -1,0 +1,96 @@
+"""The log's recorder: the only place on the write side that speaks SQL.
+
+One INSERT ... SELECT FROM unnest(...) per append, so a 500-event batch is one round trip
+and one transaction: all or nothing. ON CONFLICT DO NOTHING on the dedup key turns a
+retransmission into a no-op; the rows actually inserted are counted from RETURNING.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+from sqlalchemy import text
+
+from ingest.database import compile_sql
+from ingest.errors import DatabaseUnavailable
+from ingest.events import NormalizedEvent, spell_out_unstorable, storable
+
+_INSERT_EVENTS, _ = compile_sql(
+    text(
+        """
+        INSERT INTO events (provider, source, dedup_key, message_id, recipient, event,
+                            event_at, problem, payload, received_at)
+        SELECT provider, source, dedup_key, message_id, recipient, event,
+               event_at, problem, payload, COALESCE(:received_at, now())
+          FROM unnest(CAST(:provider AS text[]), CAST(:source AS text[]),
+                      CAST(:dedup_key AS bytea[]), CAST(:message_id AS text[]),
+                      CAST(:recipient AS text[]), CAST(:event AS text[]),
+                      CAST(:event_at AS timestamptz[]), CAST(:problem AS text[]),
+                      CAST(:payload AS jsonb[]))
+               AS appended(provider, source, dedup_key, message_id, recipient, event,
+                           event_at, problem, payload)
+        ON CONFLICT (dedup_key) DO NOTHING
+        RETURNING 1
+        """
+    )
+)
+
+_SPELLED_OUT = (
+    "payload held characters jsonb cannot store (U+0000, lone surrogates), kept as \\uXXXX text"
+)
+
+
+def _jsonb(event: NormalizedEvent) -> tuple[Any, str | None]:
+    """The payload as jsonb, serialized once; the rare unstorable one spelled out and flagged."""
+    encoded = json.dumps(event.payload, ensure_ascii=False, separators=(",", ":"))
+    if "\\u0000" not in encoded and storable(encoded):
+        return Jsonb(event.payload, dumps=lambda _: encoded), event.problem
+    spelled = spell_out_unstorable(event.payload)
+    if spelled == event.payload:  # only a literal backslash-u0000 in some text: fine as is
+        return Jsonb(event.payload, dumps=lambda _: encoded), event.problem
+    return Jsonb(spelled), "; ".join(p for p in (event.problem, _SPELLED_OUT) if p)
+
+
+def unique_by_key(events: Sequence[NormalizedEvent]) -> list[NormalizedEvent]:
+    """Drop repeats inside one request (first one wins), keeping order."""
+    seen: set[bytes] = set()
+    unique = []
+    for e in events:
+        if e.dedup_key not in seen:
+            seen.add(e.dedup_key)
+            unique.append(e)
+    return unique
+
+
+def insert_events(
+    pool: ConnectionPool, events: Sequence[NormalizedEvent], received_at: datetime | None = None
+) -> int:
+    """Append in one transaction; return how many were new. Raises DatabaseUnavailable."""
+    events = unique_by_key(events)
+    if not events:
+        return 0
+    payloads, problems = zip(*(_jsonb(e) for e in events), strict=True)
+    params = {
+        "received_at": received_at,
+        "provider": [e.provider for e in events],
+        "source": [e.source for e in events],
+        "dedup_key": [e.dedup_key for e in events],
+        "message_id": [e.message_id for e in events],
+        "recipient": [e.recipient for e in events],
+        "event": [e.event for e in events],
+        "event_at": [e.event_at for e in events],
+        "problem": list(problems),
+        "payload": list(payloads),
+    }
+    try:
+        with pool.connection() as conn, conn.cursor() as cur:
+            cur.execute(_INSERT_EVENTS, params)  # type: ignore[arg-type]
+            return cur.rowcount
+    except (psycopg.OperationalError, psycopg.InterfaceError) as e:  # PoolTimeout included
+        raise DatabaseUnavailable(f"the database did not take the events: {e}") from e

@@ -1,0 +1,81 @@
+-- distribmail's whole database, applied by the app at start and by `distribmail db init`.
+-- Every statement is idempotent: applying this file twice changes nothing.
+
+-- ---------------------------------------------------------------------------------------
+-- The log: one row per received event, never updated, never deleted.
+-- ---------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS events (
+    -- Arrival position. NOT commit order: a transaction that started earlier can commit
+    -- a smaller id later, so readers must not use it as a high-water mark (see fold_queue).
+    id           bigserial PRIMARY KEY,
+    provider     text        NOT NULL,
+    source       text        NOT NULL,              -- webhook | api
+    -- sha256 of what the event says (provider, source, message-id, recipient, event,
+    -- time in ms, link): a retransmission hits it and is a no-op.
+    dedup_key    bytea       NOT NULL,
+    message_id   text,                              -- normalized: no <>, no blanks
+    recipient    text,                              -- lower-case
+    event        text,                              -- the provider's own name
+    event_at     timestamptz,                       -- from ts_epoch (UTC) when present
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    -- Why the event was stored but left out of the fold (unknown event, no message-id,
+    -- no time ...); NULL when it was understood.
+    problem      text,
+    payload      jsonb       NOT NULL,              -- the event object as received
+    CONSTRAINT events_dedup_key_unique UNIQUE (dedup_key)
+);
+
+CREATE INDEX IF NOT EXISTS events_message_idx ON events (provider, message_id, recipient);
+CREATE INDEX IF NOT EXISTS events_event_at_idx ON events (event_at);
+CREATE INDEX IF NOT EXISTS events_received_at_idx ON events (received_at);
+
+-- Append-only, enforced here rather than promised by the application.
+CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'events is an append-only log: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+CREATE OR REPLACE TRIGGER events_no_update_delete
+    BEFORE UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION events_refuse_change();
+
+CREATE OR REPLACE TRIGGER events_no_truncate
+    BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_refuse_change();
+
+-- ---------------------------------------------------------------------------------------
+-- The "to fold" queue: filled by the append's own transaction, so a message appears here
+-- exactly when its new events become visible, whatever the commit order. The projector
+-- drains it with FOR UPDATE SKIP LOCKED; nothing committed late can be skipped.
+-- ---------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS fold_queue (
+    id          bigserial PRIMARY KEY,
+    provider    text NOT NULL,
+    message_id  text NOT NULL,
+    recipient   text NOT NULL,
+    queued_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- One statement-level trigger per append (not per row): a 500-event batch costs one
+-- INSERT ... SELECT DISTINCT and one NOTIFY.
+CREATE OR REPLACE FUNCTION events_queue_for_fold() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO fold_queue (provider, message_id, recipient)
+    SELECT DISTINCT provider, message_id, recipient
+      FROM appended
+     WHERE message_id IS NOT NULL AND recipient IS NOT NULL;
+    IF FOUND THEN
+        PERFORM pg_notify('distribmail_fold', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER events_queue_for_fold
+    AFTER INSERT ON events
+    REFERENCING NEW TABLE AS appended
+    FOR EACH STATEMENT EXECUTE FUNCTION events_queue_for_fold();
