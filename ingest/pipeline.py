@@ -128,6 +128,11 @@ class Receiver:
             raise TryLater("the event log and the spool are both unavailable; retry later") from e
         return Receipt(received=len(request.payloads), spooled=len(request.payloads))
 
+    def close(self) -> None:
+        if self.drainer is not None:
+            self.drainer.stop()
+        self.pool.close()
+
     def drain_spool(self) -> int:
         return self.spool.drain(
             lambda r: self.append(r.provider, r.source, r.payloads, r.received_at),
