@@ -79,3 +79,33 @@ CREATE OR REPLACE TRIGGER events_queue_for_fold
     AFTER INSERT ON events
     REFERENCING NEW TABLE AS appended
     FOR EACH STATEMENT EXECUTE FUNCTION events_queue_for_fold();
+
+-- ---------------------------------------------------------------------------------------
+-- The projection: one row per tracked message (provider, message-id, recipient), derived
+-- from the log by the fold. Rebuildable at any time by `distribmail replay`.
+-- ---------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS messages (
+    -- Stable across replays: derived from the key (query.projection.message_key_id).
+    id                  text        PRIMARY KEY,
+    provider            text        NOT NULL,
+    message_id          text        NOT NULL,
+    recipient           text        NOT NULL,
+    sender              text,
+    subject             text,
+    tags                text[]      NOT NULL DEFAULT '{}',
+    sent_at             timestamptz NOT NULL,   -- the request's time, else the earliest event's
+    status              text,                   -- NULL while only unknown events are known
+    status_at           timestamptz,
+    last_event_at       timestamptz,
+    first_delivered_at  timestamptz,
+    first_opened_at     timestamptz,
+    opens               integer     NOT NULL DEFAULT 0,
+    proxy_opens         integer     NOT NULL DEFAULT 0,
+    clicks              integer     NOT NULL DEFAULT 0,
+    folded_at           timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT messages_key_unique UNIQUE (provider, message_id, recipient)
+);
+
+-- The list: a day or a range, newest first, keyset-paginated on (sent_at, id).
+CREATE INDEX IF NOT EXISTS messages_sent_idx ON messages (sent_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS messages_status_sent_idx ON messages (status, sent_at DESC, id DESC);

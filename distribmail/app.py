@@ -9,7 +9,7 @@ from flask import Flask
 
 from ingest.database import apply_schema
 from ingest.settings import IngestSettings
-from ingest.web import RECEIVER, register_error_handlers
+from ingest.web import CLOSERS, register_error_handlers
 from ingest.wiring import database_url, mount_receiver
 
 # Set by `distribmail serve` once it applied the schema, so that its workers skip it.
@@ -37,4 +37,5 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
 
 def shutdown(app: Flask) -> None:
     """Stop the app's background threads and close its pools (tests, embedding)."""
-    app.extensions[RECEIVER].close()
+    for close in reversed(app.extensions.get(CLOSERS, [])):
+        close()

@@ -26,6 +26,8 @@ RECEIVER = "distribmail.receiver"
 AUTH = "distribmail.webhook_auth"
 MAX_BODY = "distribmail.max_body"
 READINESS = "distribmail.readiness"
+# Callables that stop an app's threads and close its pools, run by distribmail.app.shutdown.
+CLOSERS = "distribmail.closers"
 
 # A readiness check returns (name, ok, detail); the read side adds its own.
 ReadinessCheck = Callable[[], tuple[str, bool, Any]]
@@ -118,4 +120,5 @@ def install_receiver(app: Flask, receiver: Receiver, auth: WebhookAuth, max_body
     app.extensions[AUTH] = auth
     app.extensions[MAX_BODY] = max_body
     app.extensions.setdefault(READINESS, []).append(database_check(receiver))
+    app.extensions.setdefault(CLOSERS, []).append(receiver.close)
     app.register_blueprint(bp)
