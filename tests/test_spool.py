@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -53,10 +54,8 @@ class StoppableServer:
 def stoppable():
     server = StoppableServer()
     yield server
-    try:
+    with contextlib.suppress(Exception):  # already running
         server.start()
-    except Exception:
-        pass  # already running
     server.server.cleanup()
 
 
