@@ -1,0 +1,451 @@
+"""The screen "Distribution des mails": the day's mails, and the steps of one mail.
+
+Server-rendered pages (Jinja, autoescaped: everything shown comes from outside, and is
+never marked safe) with a little plain JavaScript (query/static/screen.js) for the double
+click, "show more" and the refresh every few seconds. The views are thin: they parse the
+query string with the read API's own schemas, call the read functions (query.reads), and
+hand the rows to the templates. The routes, and the checks each makes:
+
+    GET  /login, POST /login     public; POST compares the password in constant time
+    POST /logout                 clears the session
+    GET  /                       session; the list (from, to, status, q)
+    GET  /rows                   session (else 401 JSON); a page of rows as HTML, in JSON
+    GET  /export.csv             session; the whole list, streamed
+    GET  /messages/<id>          session; one mail's timeline
+    GET  /static/screen/...      public; CSS and JS
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import psycopg
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    stream_with_context,
+    url_for,
+)
+from psycopg_pool import ConnectionPool
+from werkzeug.datastructures import MultiDict
+
+from ingest.database import open_pool
+from ingest.errors import DistribmailError, NotFound
+from ingest.web import CLOSERS
+from query.api import POOL as API_POOL
+from query.api_schemas import (
+    MESSAGE_KEY,
+    MessageFiltersQuery,
+    MessageListQuery,
+    decode_cursor,
+    encode_cursor,
+    filters_of,
+    load_query,
+)
+from query.reads import Filters, Page, count_messages, get_message, list_messages, status_of
+from query.screen_auth import ScreenAuth, safe_next
+from query.screen_csv import csv_lines
+from query.screen_text import (
+    DEFAULT_LANG,
+    FULL_FORMAT,
+    LANGS,
+    STEP_FORMAT,
+    badge,
+    is_web_link,
+    local_time,
+    other_lang,
+    text,
+)
+from query.settings import ReadSettings
+from query.statuses import STATUSES, Status
+
+SCREEN = "distribmail.screen"
+
+PAGE_SIZE = 100
+REFRESH_SECONDS = 10
+# The query-string names that make up "the current list" (what a link, the refresh, the
+# export and the back link carry along).
+FILTER_ARGS = ("from", "to", "status", "q", "recipient", "sender", "message_id", "tag")
+PUBLIC_ENDPOINTS = frozenset({"screen.login", "screen.static"})
+
+STATIC = Path(__file__).parent / "static"
+
+bp = Blueprint(
+    "screen",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static/screen",
+)
+
+
+@dataclass(frozen=True)
+class Screen:
+    pool: ConnectionPool
+    settings: ReadSettings
+    auth: ScreenAuth
+    asset_version: str
+
+
+def mount_screen(app: Flask, env: Mapping[str, str], url: str) -> Screen:
+    """Register the screen on `app`, with the session settings it needs. Mount it after
+    the read API (query.api.mount_api) to share the API's pool."""
+    settings = ReadSettings.from_env(env)
+    auth = ScreenAuth.from_env(env, settings)
+    # The read API's pool when the API is mounted first in the same app (one pool per
+    # process, as ingest.database wants), else a pool of our own.
+    pool = app.extensions.get(API_POOL)
+    if pool is None:
+        pool = open_pool(url, size=settings.pool_size, timeout=settings.db_timeout, name="screen")
+        app.extensions.setdefault(CLOSERS, []).append(pool.close)
+    # Changed with every deployment of new CSS/JS, so browsers never mix old and new.
+    version = str(max(int(p.stat().st_mtime) for p in STATIC.iterdir()))
+    screen = Screen(pool, settings, auth, version)
+    app.extensions[SCREEN] = screen
+    app.secret_key = auth.secret_key
+    app.config.update(
+        SESSION_COOKIE_NAME="distribmail_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+    )
+    app.register_blueprint(bp)
+    return screen
+
+
+def _screen() -> Screen:
+    screen: Screen = current_app.extensions[SCREEN]
+    return screen
+
+
+# --- every request: language, then the session ------------------------------------------
+
+
+@bp.before_request
+def _language_and_session() -> Any:
+    asked = request.args.get("lang")
+    if asked in LANGS:
+        session["lang"] = asked
+    lang = session.get("lang")
+    g.lang = lang if lang in LANGS else DEFAULT_LANG
+    if request.endpoint in PUBLIC_ENDPOINTS or _signed_in():
+        return None
+    if request.endpoint == "screen.rows":
+        # The page's script reloads on 401, which brings the login page.
+        return jsonify({"error": "sign in again"}), 401
+    return redirect(url_for("screen.login", next=request.full_path.rstrip("?")))
+
+
+def _signed_in() -> bool:
+    auth = _screen().auth
+    return auth.configured and session.get("auth") == auth.fingerprint
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    # No inline script or style anywhere, so the policy can forbid them: were some data
+    # ever to slip through unescaped, the browser would still not run it.
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.endpoint != "screen.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.app_template_global()
+def t(key: str) -> str:
+    return text(key, g.get("lang", DEFAULT_LANG))
+
+
+@bp.context_processor
+def _context() -> dict[str, Any]:
+    lang = g.get("lang", DEFAULT_LANG)
+    screen = _screen()
+    switch = MultiDict(request.args)
+    switch["lang"] = other_lang(lang)
+    return {
+        "lang": lang,
+        "switch_lang_url": _with_query(request.path, list(switch.items(multi=True))),
+        "signed_in": _signed_in(),
+        "asset_version": screen.asset_version,
+        "zone_name": screen.settings.timezone.key,
+    }
+
+
+# --- login ------------------------------------------------------------------------------
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    auth = _screen().auth
+    target = safe_next(request.values.get("next")) or url_for("screen.message_list")
+    wrong = False
+    if request.method == "POST" and auth.configured:
+        if auth.check(request.form.get("password", "")):
+            lang = g.lang
+            # A fresh session: nothing set before the login survives it (session fixation).
+            session.clear()
+            session["auth"] = auth.fingerprint
+            session["lang"] = lang
+            session.permanent = True
+            return redirect(target)
+        wrong = True
+    status = 401 if wrong else 200
+    page = render_template(
+        "screen/login.html", configured=auth.configured, wrong=wrong, next=target
+    )
+    return page, status
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    lang = g.lang
+    session.clear()
+    session["lang"] = lang
+    return redirect(url_for("screen.login"))
+
+
+# --- the list ---------------------------------------------------------------------------
+
+
+@bp.get("/")
+def message_list() -> Any:
+    screen = _screen()
+    filters = _filters(MessageFiltersQuery())
+    page = list_messages(screen.pool, filters, PAGE_SIZE)
+    counts = count_messages(screen.pool, replace(filters, statuses=()))
+    period = filters.period
+    shift = timedelta(days=period.days)
+    query = _filter_pairs(filters)
+    return render_template(
+        "screen/list.html",
+        filters=filters,
+        first=period.first.isoformat(),
+        last=period.last.isoformat(),
+        q=filters.text or "",
+        rows=_row_views(page.rows, query),
+        next_cursor=_cursor(page),
+        chips=_chips(filters, counts),
+        total=_total(filters, counts),
+        all_count=sum(counts.values()),
+        query=urlencode(query),
+        page_size=PAGE_SIZE,
+        refresh_seconds=REFRESH_SECONDS,
+        previous_url=_list_url(filters, period.first - shift, period.last - shift),
+        next_url=_list_url(filters, period.first + shift, period.last + shift),
+        today_url=_list_url(filters, None, None),
+        all_statuses_url=_list_url(replace(filters, statuses=()), period.first, period.last),
+        export_url=_with_query(url_for("screen.export"), query),
+    )
+
+
+@bp.get("/rows")
+def rows() -> Any:
+    """A page of the list for the script: after `cursor` ("show more"), or the first
+    `limit` rows again (the refresh), with the counts, as HTML made by the same templates."""
+    screen = _screen()
+    args = load_query(MessageListQuery(), _without_lang(request.args))
+    filters = filters_of(args, screen.settings.timezone)
+    after = decode_cursor(args["cursor"]) if "cursor" in args else None
+    page = list_messages(screen.pool, filters, args["limit"], after)
+    counts = count_messages(screen.pool, replace(filters, statuses=()))
+    query = _filter_pairs(filters)
+    return jsonify(
+        {
+            "rows": render_template(
+                "screen/_rows.html", rows=_row_views(page.rows, query), continued=bool(after)
+            ),
+            "chips": render_template(
+                "screen/_chips.html",
+                chips=_chips(filters, counts),
+                all_count=sum(counts.values()),
+                filters=filters,
+                all_statuses_url=_list_url(
+                    replace(filters, statuses=()), filters.period.first, filters.period.last
+                ),
+            ),
+            "total": _total(filters, counts),
+            "next": _cursor(page),
+        }
+    )
+
+
+@bp.get("/export.csv")
+def export() -> Any:
+    screen = _screen()
+    filters = _filters(MessageFiltersQuery())
+    period = filters.period
+    days = period.first.isoformat()
+    if period.last != period.first:
+        days += f"_{period.last.isoformat()}"
+    lines = csv_lines(screen.pool, filters, g.lang, screen.settings.timezone)
+    return Response(
+        stream_with_context(lines),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="distribmail-{days}.csv"'},
+    )
+
+
+# --- one mail ---------------------------------------------------------------------------
+
+
+@bp.get("/messages/<key>")
+def detail(key: str) -> Any:
+    screen = _screen()
+    found = get_message(screen.pool, key) if MESSAGE_KEY.match(key) else None
+    if found is None:
+        raise NotFound(text("not_found", g.lang))
+    zone = screen.settings.timezone
+    steps = [
+        {
+            "at": local_time(step.at, zone, STEP_FORMAT),
+            "at_full": local_time(step.at, zone, FULL_FORMAT),
+            "badge": badge(step.status, g.lang),
+            "event": step.event,
+            "source": step.source,
+            "reason": step.reason,
+            "link": step.link,
+            "link_is_web": is_web_link(step.link),
+            "ip": step.ip,
+            "user_agent": step.user_agent,
+            "device": step.device,
+            "problem": step.problem,
+            "payloads": [_pretty(payload) for payload in step.payloads],
+        }
+        for step in found.state.steps
+    ]
+    row = found.row
+    back = [(k, v) for k, v in request.args.items(multi=True) if k in FILTER_ARGS]
+    return render_template(
+        "screen/detail.html",
+        row=row,
+        status=badge(status_of(row), g.lang),
+        sent=local_time(row["sent_at"], zone, STEP_FORMAT),
+        status_at=local_time(row["status_at"], zone, STEP_FORMAT),
+        steps=steps,  # oldest first: the mail's story, read top down
+        back_url=_with_query(url_for("screen.message_list"), back),
+    )
+
+
+# --- errors: a page, not the API's JSON -------------------------------------------------
+
+
+@bp.errorhandler(DistribmailError)
+def _error(error: DistribmailError) -> Any:
+    if request.endpoint == "screen.rows":
+        return jsonify(error.to_json()), error.status
+    return render_template("screen/error.html", message=error.message), error.status
+
+
+@bp.errorhandler(psycopg.OperationalError)
+def _database_down(error: psycopg.OperationalError) -> Any:
+    # PoolTimeout is one too. The detail goes to the log, not to the page.
+    current_app.logger.warning("screen: database unavailable: %s", type(error).__name__)
+    if request.endpoint == "screen.rows":
+        return jsonify({"error": "database unavailable"}), 503
+    return render_template("screen/error.html", message=text("database_down", g.lang)), 503
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _without_lang(args: MultiDict[str, str]) -> MultiDict[str, str]:
+    # `lang` is the screen's own (kept in the session); the API schema would refuse a
+    # value it does not know, and the screen simply ignores it.
+    return MultiDict([(k, v) for k, v in args.items(multi=True) if k != "lang"])
+
+
+def _filters(schema: MessageFiltersQuery) -> Filters:
+    args = load_query(schema, _without_lang(request.args))
+    return filters_of(args, _screen().settings.timezone)
+
+
+def _filter_pairs(filters: Filters) -> list[tuple[str, str]]:
+    """The list's query string, with the period written out: a page left open over
+    midnight keeps refreshing the day it shows, not silently the next one."""
+    pairs = [("from", filters.period.first.isoformat()), ("to", filters.period.last.isoformat())]
+    pairs += [("status", status.value) for status in filters.statuses]
+    if filters.text:
+        pairs.append(("q", filters.text))
+    for name in ("recipient", "sender", "message_id", "tag"):
+        value = getattr(filters, name)
+        if value:
+            pairs.append((name, value))
+    return pairs
+
+
+def _list_url(filters: Filters, first: Any, last: Any) -> str:
+    pairs = [(k, v) for k, v in _filter_pairs(filters) if k not in ("from", "to")]
+    if first is not None:
+        pairs = [("from", first.isoformat()), ("to", last.isoformat()), *pairs]
+    return _with_query(url_for("screen.message_list"), pairs)
+
+
+def _with_query(path: str, pairs: list[tuple[str, str]]) -> str:
+    return f"{path}?{urlencode(pairs)}" if pairs else path
+
+
+def _row_views(rows: list[dict[str, Any]], query: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    zone = _screen().settings.timezone
+    return [
+        {
+            "id": row["id"],
+            "sent": local_time(row["sent_at"], zone),
+            "sent_full": local_time(row["sent_at"], zone, FULL_FORMAT),
+            "sender": row["sender"] or "",
+            "recipient": row["recipient"],
+            "subject": row["subject"],
+            "badge": badge(status_of(row), g.lang),
+            "href": _with_query(url_for("screen.detail", key=row["id"]), query),
+        }
+        for row in rows
+    ]
+
+
+def _chips(filters: Filters, counts: Mapping[Status | None, int]) -> list[dict[str, Any]]:
+    """One chip per status present in the period (or ticked), in the order of a mail's
+    life, each a checkbox of the status filter with its count."""
+    chips = []
+    for status in STATUSES:
+        count = counts.get(status, 0)
+        ticked = status in filters.statuses
+        if count or ticked:
+            chips.append({"badge": badge(status, g.lang), "count": count, "checked": ticked})
+    if counts.get(None):
+        chips.append({"badge": badge(None, g.lang), "count": counts[None], "checked": None})
+    return chips
+
+
+def _total(filters: Filters, counts: Mapping[Status | None, int]) -> int:
+    if not filters.statuses:
+        return sum(counts.values())
+    return sum(counts.get(status, 0) for status in filters.statuses)
+
+
+def _cursor(page: Page) -> str | None:
+    return encode_cursor(page.next) if page.next is not None else None
+
+
+def _pretty(payload: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(dict(payload), indent=2, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError):
+        return repr(payload)

@@ -1,0 +1,99 @@
+"""Who may see the screen: one password, asked once, then a signed session cookie.
+
+The password is DISTRIBMAIL_UI_PASSWORD, or any of the read API's tokens (whoever holds
+one may read the same data through the API anyway). The session is Flask's: a cookie
+signed with the secret key (DISTRIBMAIL_SECRET_KEY, else one generated once into the data
+folder, so that sessions survive a restart and every worker signs alike), HttpOnly and
+SameSite=Strict. SameSite=Strict is also what protects the POST forms (logout) from other
+sites: the browser does not send the cookie on a cross-site request at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingest.settings import env_str
+from query.settings import ReadSettings
+
+log = logging.getLogger(__name__)
+
+SECRET_KEY_FILE = "secret-key"
+
+
+@dataclass(frozen=True)
+class ScreenAuth:
+    passwords: tuple[str, ...]
+    secret_key: bytes
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], settings: ReadSettings) -> ScreenAuth:
+        password = env_str(env, "UI_PASSWORD")
+        passwords = ((password,) if password else ()) + settings.api_tokens
+        data_dir = Path(env_str(env, "DATA_DIR", "var") or "var")
+        configured = env_str(env, "SECRET_KEY")
+        secret_key = configured.encode() if configured else load_or_create_secret_key(data_dir)
+        return cls(passwords, secret_key)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.passwords)
+
+    def check(self, given: str) -> bool:
+        """Constant time, and every candidate is compared even after a match, so that the
+        answer's timing says nothing about which one matched, or how much of it."""
+        given_bytes = given.encode()
+        matched = False
+        for password in self.passwords:
+            matched |= hmac.compare_digest(given_bytes, password.encode())
+        return matched and bool(given)
+
+    @property
+    def fingerprint(self) -> str:
+        """Kept in the session at login and checked on every request: changing the password
+        (or rotating the tokens) signs every open session out. Keyed with the secret key,
+        because a Flask session is readable by its holder: a plain hash of a weak password
+        in the cookie could be guessed offline."""
+        material = "\0".join(sorted(self.passwords)).encode()
+        return hmac.new(self.secret_key, material, hashlib.sha256).hexdigest()[:32]
+
+
+def load_or_create_secret_key(data_dir: Path) -> bytes:
+    """The key generated once and kept in `<data_dir>/secret-key` (mode 0600)."""
+    path = data_dir / SECRET_KEY_FILE
+    if path.exists():
+        return path.read_bytes().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    # Written aside then linked in: workers starting together all end up with one key,
+    # and nobody ever reads a half-written file.
+    partial = data_dir / f".{SECRET_KEY_FILE}.{os.getpid()}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(partial, path)
+        log.info("generated the screen's secret key in %s", path)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    finally:
+        partial.unlink()
+    return key.encode()
+
+
+def safe_next(target: str | None) -> str | None:
+    """Where to go after login: only a path of this site. `//evil.example` and
+    `/\\evil.example` are other sites to a browser, so they are refused too."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return None
+    if any(ch in target for ch in "\r\n\t"):
+        return None
+    return target
