@@ -6,10 +6,12 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,8 +28,14 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def served(tmp_path: Path):
-    """`distribmail serve` on the embedded default, with no credential configured."""
+def served():
+    """`distribmail serve` on the embedded default, with no credential configured.
+
+    The data folder is not under pytest's tmp_path: run as root, the embedded server runs
+    as its own system user and needs to traverse every parent folder, and pytest resets
+    its own base folder to 0700 whenever a pytest session starts.
+    """
+    tmp_path = Path(tempfile.mkdtemp(prefix="dm-serve-"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DISTRIBMAIL_")}
     env["DISTRIBMAIL_DATA_DIR"] = str(tmp_path / "var")
@@ -46,10 +54,16 @@ def served(tmp_path: Path):
         output.append(line)
         if "Booting worker" in line or process.poll() is not None:
             break
+    assert process.poll() is None, "distribmail serve did not start:\n" + "".join(output)
     yield process, port, "".join(output), tmp_path / "var"
     if process.poll() is None:
-        process.kill()
-        process.wait()
+        process.send_signal(signal.SIGTERM)  # lets serve stop its embedded database
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def request(port, method, path, body=None, headers=None, chunks=None):
