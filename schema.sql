@@ -109,3 +109,23 @@ CREATE TABLE IF NOT EXISTS messages (
 -- The list: a day or a range, newest first, keyset-paginated on (sent_at, id).
 CREATE INDEX IF NOT EXISTS messages_sent_idx ON messages (sent_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS messages_status_sent_idx ON messages (status, sent_at DESC, id DESC);
+
+-- ---------------------------------------------------------------------------------------
+-- Backfill progress (`distribmail backfill`): one row per chunk (at most 90 days, Brevo's
+-- limit) of a requested range, written after each page is appended, so that an
+-- interrupted backfill resumes at the next page. Bookkeeping only: the log's dedup key is
+-- what makes pulling a page twice harmless.
+-- ---------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS backfill_progress (
+    provider         text        NOT NULL,
+    range_start      date        NOT NULL,   -- the range the command was asked for
+    range_end        date        NOT NULL,
+    chunk_start      date        NOT NULL,   -- this chunk, inside that range
+    chunk_end        date        NOT NULL,
+    next_offset      integer     NOT NULL DEFAULT 0,
+    done             boolean     NOT NULL DEFAULT false,
+    -- Offsets of pages Brevo kept answering malformed: skipped, reported, not retried.
+    skipped_offsets  integer[]   NOT NULL DEFAULT '{}',
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, range_start, range_end, chunk_start)
+);

@@ -114,6 +114,12 @@ def _describe(errors: dict[str, Any]) -> str:
 
 def normalize(payload: dict[str, Any], source: str = "webhook") -> NormalizedEvent:
     """Key one webhook payload. Never raises: what we cannot read is flagged, not refused."""
+    if source == "api":
+        # Pulled events have their own shape. Imported here because brevo_pull reuses this
+        # module's message-id and recipient normalizers.
+        from ingest.providers import brevo_pull
+
+        return brevo_pull.normalize(payload, source)
     problems = []
     try:
         loaded = _schema.load(payload)
