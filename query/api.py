@@ -6,7 +6,7 @@ Routes (the OpenAPI document at /api/openapi.json is the reference):
   GET /api/messages/<id>       one mail with its steps and their raw payloads
   GET /api/statuses            the vocabulary, with labels and explanations
 Every route but the document checks a bearer token first (`ApiAuth`, before_request).
-Views only parse (api_schemas), read (reads) and dump: no SQL here.
+Views only parse (api_schemas), read (reads) and answer (api_json): no SQL here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
-from marshmallow import Schema
 from psycopg_pool import ConnectionPool
 
 from ingest.database import apply_schema, open_pool
@@ -27,8 +26,8 @@ from ingest.errors import NotFound, Unauthorized
 from ingest.settings import IngestSettings
 from ingest.web import CLOSERS, READINESS, register_error_handlers
 from ingest.wiring import database_url
+from query import api_json, openapi, reads
 from query import api_schemas as schemas
-from query import openapi, reads
 from query.settings import ReadSettings
 
 log = logging.getLogger(__name__)
@@ -45,10 +44,6 @@ REALM = 'Bearer realm="distribmail-api"'
 _LIST_QUERY = schemas.MessageListQuery()
 _FILTERS_QUERY = schemas.MessageFiltersQuery()
 _LANG_QUERY = schemas.LangQuery()
-_PAGE = schemas.MessagePageSchema()
-_DETAIL = schemas.MessageDetailSchema()
-_COUNTS = schemas.MessageCountsSchema()
-_STATUSES = schemas.StatusListSchema()
 
 
 @dataclass(frozen=True)
@@ -93,17 +88,13 @@ def _settings() -> ReadSettings:
     return current_app.extensions[SETTINGS]
 
 
-def _json(schema: Schema, document: Mapping[str, Any]) -> Any:
-    return jsonify(schema.dump(document))
-
-
 @bp.get("/messages")
 def list_messages() -> Any:
     args = schemas.load_query(_LIST_QUERY, request.args)
     filters = schemas.filters_of(args, _settings().timezone)
     after = schemas.decode_cursor(args["cursor"]) if "cursor" in args else None
     page = reads.list_messages(_pool(), filters, args["limit"], after)
-    return _json(_PAGE, schemas.page_document(page, args["lang"]))
+    return jsonify(api_json.page_document(page, args["lang"]))
 
 
 @bp.get("/messages/counts")
@@ -111,7 +102,7 @@ def count_messages() -> Any:
     args = schemas.load_query(_FILTERS_QUERY, request.args)
     filters = schemas.filters_of(args, _settings().timezone)
     counts = reads.count_messages(_pool(), filters)
-    return _json(_COUNTS, schemas.counts_document(filters, counts))
+    return jsonify(api_json.counts_document(filters, counts))
 
 
 @bp.get("/messages/<key>")
@@ -121,12 +112,12 @@ def get_message(key: str) -> Any:
     detail = reads.get_message(_pool(), key) if schemas.MESSAGE_KEY.match(key) else None
     if detail is None:
         raise NotFound(f"no tracked message with id {key!r}")
-    return _json(_DETAIL, schemas.detail_document(detail, args["lang"]))
+    return jsonify(api_json.detail_document(detail, args["lang"]))
 
 
 @bp.get("/statuses")
 def list_statuses() -> Any:
-    return _json(_STATUSES, schemas.statuses_document())
+    return jsonify(api_json.statuses_document())
 
 
 @bp.get("/openapi.json")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -15,6 +16,7 @@ from typing import Any
 
 import psycopg
 from flask.testing import FlaskClient
+from psycopg.conninfo import make_conninfo
 
 from ingest.web import CLOSERS
 from query.api import create_read_app
@@ -37,7 +39,7 @@ def insert_message(db: psycopg.Connection, sent_at: datetime, **values: Any) -> 
         "provider": "brevo",
         "message_id": f"{number}.{sent_at.timestamp():.0f}@smtp-relay.mailin.fr",
         "recipient": f"client{number}@example.com",
-        "sender": "devis@atelier.example",
+        "sender": "ventes@atelier.example",
         "subject": f"Votre devis n°{number}",
         "tags": [],
         "sent_at": sent_at,
@@ -69,3 +71,17 @@ def read_api(config: Mapping[str, str], **overrides: str) -> Iterator[FlaskClien
     finally:
         for close in reversed(app.extensions.get(CLOSERS, [])):
             close()
+
+
+@contextmanager
+def scratch_database(server_url: str, template: str) -> Iterator[str]:
+    """A database cloned from the schema template, for tests that share one (read-only
+    ones: the log cannot be emptied between tests, by design)."""
+    name = f"dm_api_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')  # type: ignore[arg-type]
+    try:
+        yield make_conninfo(server_url, dbname=name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
