@@ -29,6 +29,7 @@ class ProgressBar:
         self.tty = self.stream.isatty()
         self._last_tenth = -1
         self._drawn = 0
+        self._pending = ""
 
     def show(self, fraction: float, detail: str) -> None:
         fraction = min(max(fraction, 0.0), 1.0)
@@ -40,12 +41,18 @@ class ProgressBar:
         elif int(fraction * 10) != self._last_tenth:
             self._last_tenth = int(fraction * 10)
             self.stream.write(line + "\n")
+            line = ""
+        self._pending = line  # a line not written yet, for finish()
         self.stream.flush()
 
     def finish(self) -> None:
         if self.tty and self._drawn:
             self.stream.write("\n")
-            self.stream.flush()
+            self._drawn = 0
+        elif not self.tty and self._pending:
+            self.stream.write(self._pending + "\n")
+        self._pending = ""
+        self.stream.flush()
 
 
 def _day(value: str) -> date:

@@ -228,6 +228,10 @@ class Backfill:
             self.report.restarted = True
         for chunk in self.chunks:
             progress = saved.get(chunk.start) or ChunkProgress(chunk.start, chunk.end)
+            self.report.skipped.extend(
+                SkippedPage(chunk, offset, "skipped by an earlier run of this range")
+                for offset in progress.skipped_offsets
+            )
             if progress.done:
                 self._show(chunk.end)
                 continue

@@ -27,7 +27,7 @@ from sqlalchemy import text
 
 from ingest.brevo_api import BrevoClient, BrevoSettings, events_page
 from ingest.database import compile_sql
-from ingest.errors import DatabaseUnavailable
+from ingest.errors import DatabaseUnavailable, DistribmailError
 from ingest.pipeline import Receiver
 from ingest.providers import brevo_pull
 from ingest.settings import env_float, env_int
@@ -166,10 +166,15 @@ def reconcile(
 class Reconciler:
     """A daemon thread that reconciles every `every` seconds; start it from the worker."""
 
-    def __init__(self, run_once: Callable[[], ReconcileResult], every: float) -> None:
+    def __init__(
+        self,
+        run_once: Callable[[], ReconcileResult],
+        every: float,
+        stop: threading.Event | None = None,
+    ) -> None:
         self._run_once = run_once
         self._every = every
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -189,12 +194,12 @@ class Reconciler:
             return None
         hours = env_int(env, "RECONCILE_HOURS", 24)
         settle = timedelta(minutes=env_float(env, "RECONCILE_SETTLE", 10.0))
-        reconciler = cls(
-            lambda: reconcile(client, receiver, hours=hours, settle=settle), every * 60
+        stop = threading.Event()
+        # The client's waits (backoff, a 429's reset) end early when the worker stops us.
+        client = BrevoClient(settings, sleep=stop.wait)
+        return cls(
+            lambda: reconcile(client, receiver, hours=hours, settle=settle), every * 60, stop
         )
-        # Its waits (backoff, 429 reset) end early when the worker stops the thread.
-        client = BrevoClient(settings, sleep=reconciler._stop.wait)
-        return reconciler
 
     def start(self) -> None:
         if self._thread is None:
@@ -210,7 +215,10 @@ class Reconciler:
         while not self._stop.is_set():
             try:
                 self._run_once()
+            except DistribmailError as e:  # Brevo down, key refused: the message says it all
+                _add(failures=1)
+                log.error("reconciliation failed: %s; next try in %.0fs", e.message, self._every)
             except Exception:  # the thread must outlive one bad run: logged, counted, retried
                 _add(failures=1)
-                log.exception("reconciliation failed; will try again in %.0fs", self._every)
+                log.exception("reconciliation failed; next try in %.0fs", self._every)
             self._stop.wait(self._every)

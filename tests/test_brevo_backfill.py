@@ -4,6 +4,7 @@ resumption after an interruption, malformed pages, and the fold merging webhook 
 from __future__ import annotations
 
 import argparse
+import io
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -221,3 +222,36 @@ def test_backfill_command(fake, database_url, monkeypatch, tmp_path, capsys):
 def test_wrong_arguments_are_refused(brevo, receiver, start, end, options, message):
     with pytest.raises(BadRequest, match=message):
         job(brevo, receiver, start, end, **options)
+
+
+def test_pages_skipped_before_an_interruption_are_still_reported(fake, brevo, receiver):
+    fake.malformed = {1000: 99}
+    fake.fail_after_pages = 4
+    with pytest.raises(BackfillStopped):
+        job(brevo, receiver).run()
+    fake.fail_after_pages = None
+    report = job(brevo, receiver).run()
+    assert [(s.offset, s.reason) for s in report.skipped] == [
+        (1000, "skipped by an earlier run of this range")
+    ]
+    assert report.stored == 12_000 - 1000 - 4 * 1000
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream_type", [io.StringIO, _Terminal], ids=["pipe", "terminal"])
+def test_the_progress_bar_is_plain_text(stream_type):
+    stream = stream_type()
+    bar = brevo_cli.ProgressBar(stream, width=10)
+    for step in range(1, 21):
+        bar.show(step / 20, f"page {step}")
+    bar.finish()
+    text = stream.getvalue()
+    assert text.endswith("[##########] 100%  page 20\n")
+    if stream_type is _Terminal:
+        assert text.count("\r") == 20 and text.count("\n") == 1
+    else:
+        assert "\r" not in text and text.count("\n") == 11  # a line per tenth, 0 to 10
