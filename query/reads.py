@@ -10,7 +10,8 @@ database only ever compares `sent_at` with two bound timestamps and can walk
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
@@ -19,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from sqlalchemy import (
     Column,
     DateTime,
@@ -34,11 +35,13 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import ColumnElement
 
 from ingest.database import compile_sql
-from query.fold import LoggedEvent, MessageState, fold
+from ingest.errors import DatabaseUnavailable
+from query.fold import MessageState, fold
+from query.projection import MessageKey, select_events
 from query.statuses import Status
 
 # Mirrors of the tables in schema.sql (which alone holds the DDL), with only the columns
@@ -63,21 +66,6 @@ messages = Table(
     Column("opens", Integer),
     Column("proxy_opens", Integer),
     Column("clicks", Integer),
-)
-
-events = Table(
-    "events",
-    _metadata,
-    Column("id", Integer, primary_key=True),
-    Column("provider", Text),
-    Column("source", Text),
-    Column("message_id", Text),
-    Column("recipient", Text),
-    Column("event", Text),
-    Column("event_at", _TS),
-    Column("received_at", _TS),
-    Column("problem", Text),
-    Column("payload", JSONB),
 )
 
 ITEM_COLUMNS = (
@@ -256,29 +244,6 @@ def _counts_sql(shape: _Shape) -> str:
 
 _MESSAGE_SQL, _ = compile_sql(select(*ITEM_COLUMNS).where(messages.c.id == bindparam("id")))
 
-# By (provider, message_id, recipient): events_message_idx. The order is only for a
-# stable read; the fold sorts by itself.
-_EVENTS_SQL, _ = compile_sql(
-    select(
-        events.c.id,
-        events.c.provider,
-        events.c.source,
-        events.c.message_id,
-        events.c.recipient,
-        events.c.event,
-        events.c.event_at,
-        events.c.received_at,
-        events.c.problem,
-        events.c.payload,
-    )
-    .where(
-        events.c.provider == bindparam("provider"),
-        events.c.message_id == bindparam("message_id"),
-        events.c.recipient == bindparam("recipient"),
-    )
-    .order_by(events.c.id)
-)
-
 
 def like_pattern(text: str) -> str:
     """`%text%` with LIKE's own wildcards taken literally (`50%_off` finds just that)."""
@@ -316,7 +281,7 @@ def list_messages(
         params["after_sent_at"] = after.sent_at
         params["after_id"] = after.id
     sql = _list_sql(_Shape.of(filters), after is not None)
-    with pool.connection() as conn:
+    with _connection(pool) as conn:
         rows = _fetch(conn, sql, params)
     if len(rows) <= limit:
         return Page(rows, None)
@@ -327,7 +292,7 @@ def list_messages(
 
 def count_messages(pool: ConnectionPool, filters: Filters) -> dict[Status | None, int]:
     """How many messages of the period match, per current status (None: no status yet)."""
-    with pool.connection() as conn:
+    with _connection(pool) as conn:
         rows = _fetch(conn, _counts_sql(_Shape.of(filters)), _params(filters))
     counts: dict[Status | None, int] = {}
     for row in rows:
@@ -338,14 +303,27 @@ def count_messages(pool: ConnectionPool, filters: Filters) -> dict[Status | None
 
 def get_message(pool: ConnectionPool, message_key: str) -> Detail | None:
     """The message's summary row and the fold of its log rows, or None if unknown."""
-    with pool.connection() as conn:
+    with _connection(pool) as conn:
         found = _fetch(conn, _MESSAGE_SQL, {"id": message_key})
         if not found:
             return None
         row = found[0]
-        key = {name: row[name] for name in ("provider", "message_id", "recipient")}
-        logged = _fetch(conn, _EVENTS_SQL, key)
-    return Detail(row, fold(_logged_event(r) for r in logged))
+        key: MessageKey = (row["provider"], row["message_id"], row["recipient"])
+        # The projector's own read (events_message_idx), so that the detail folds exactly
+        # the rows the projection folded, mapped the same way.
+        logged = select_events(conn, [key]).get(key, [])
+    return Detail(row, fold(logged))
+
+
+@contextmanager
+def _connection(pool: ConnectionPool) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled connection; the driver's "cannot reach the database" errors become
+    DatabaseUnavailable (503), here and nowhere else."""
+    try:
+        with pool.connection() as conn:
+            yield conn
+    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as e:
+        raise DatabaseUnavailable(f"the database did not answer the read: {e}") from e
 
 
 def _fetch(
@@ -354,21 +332,6 @@ def _fetch(
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(sql, params)
         return cur.fetchall()
-
-
-def _logged_event(row: Mapping[str, Any]) -> LoggedEvent:
-    return LoggedEvent(
-        position=row["id"],
-        provider=row["provider"],
-        source=row["source"],
-        event=row["event"],
-        event_at=row["event_at"],
-        received_at=row["received_at"],
-        message_id=row["message_id"],
-        recipient=row["recipient"],
-        payload=row["payload"],
-        problem=row["problem"],
-    )
 
 
 def _status(code: str | None) -> Status | None:
@@ -382,17 +345,3 @@ def _status(code: str | None) -> Status | None:
 
 def status_of(row: Mapping[str, Any]) -> Status | None:
     return _status(row["status"])
-
-
-__all__: Sequence[str] = (
-    "Detail",
-    "Filters",
-    "Page",
-    "Period",
-    "Position",
-    "count_messages",
-    "get_message",
-    "like_pattern",
-    "list_messages",
-    "status_of",
-)

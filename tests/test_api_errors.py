@@ -7,9 +7,11 @@ import base64
 import json
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from psycopg.conninfo import conninfo_to_dict
 
 from tests.api_support import API_TOKENS, read_api, scratch_database
 from tests.conftest import TEST_TOKENS
@@ -203,3 +205,22 @@ def api_app_client(shared_config: dict[str, str]) -> Iterator[FlaskClient]:
     with read_api(shared_config) as client:
         client.environ_base.pop("HTTP_AUTHORIZATION")
         yield client
+
+
+def test_a_database_that_went_away_is_a_json_503(
+    server_url: str, template_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with scratch_database(server_url, template_database) as url:
+        config = {
+            "DISTRIBMAIL_DATABASE_URL": url,
+            "DISTRIBMAIL_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+            "DISTRIBMAIL_DB_TIMEOUT": "1",
+        }
+        with read_api(config) as api:
+            assert api.get("/api/messages").status_code == 200
+            with psycopg.connect(server_url, autocommit=True) as conn:
+                name = conninfo_to_dict(url)["dbname"]
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            response = api.get("/api/messages")
+    assert response.status_code == 503
+    assert "database" in response.json["error"]
