@@ -44,7 +44,7 @@ from psycopg_pool import ConnectionPool
 from werkzeug.datastructures import MultiDict
 
 from ingest.database import open_pool
-from ingest.errors import DistribmailError, NotFound
+from ingest.errors import DatabaseUnavailable, DistribmailError, NotFound
 from ingest.web import CLOSERS
 from query.api import POOL as API_POOL
 from query.api_schemas import (
@@ -352,7 +352,12 @@ def detail(key: str) -> Any:
 def _error(error: DistribmailError) -> Any:
     if request.endpoint == "screen.rows":
         return jsonify(error.to_json()), error.status
-    return render_template("screen/error.html", message=error.message), error.status
+    message = error.message
+    if isinstance(error, DatabaseUnavailable):
+        # The read functions' own message is for operators; the page says it simply.
+        current_app.logger.warning("screen: %s", error.message)
+        message = text("database_down", g.lang)
+    return render_template("screen/error.html", message=message), error.status
 
 
 @bp.errorhandler(psycopg.OperationalError)
