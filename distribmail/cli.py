@@ -21,7 +21,7 @@ def _db_init(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from distribmail import serve
+    from distribmail import brevo_cli, serve
 
     parser = argparse.ArgumentParser(prog="distribmail", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_cmd = commands.add_parser("db", help="database administration")
     db_commands = db_cmd.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("init", help="apply schema.sql (idempotent)").set_defaults(run=_db_init)
+
+    brevo_cli.add_commands(commands)
     return parser
 
 
