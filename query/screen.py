@@ -17,7 +17,6 @@ hand the rows to the templates. The routes, and the checks each makes:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -46,6 +45,7 @@ from werkzeug.datastructures import MultiDict
 from ingest.database import open_pool
 from ingest.errors import DatabaseUnavailable, DistribmailError, NotFound
 from ingest.web import CLOSERS
+from query import screen_views as views
 from query.api import POOL as API_POOL
 from query.api_schemas import (
     MESSAGE_KEY,
@@ -61,17 +61,14 @@ from query.screen_auth import ScreenAuth, safe_next
 from query.screen_csv import csv_lines
 from query.screen_text import (
     DEFAULT_LANG,
-    FULL_FORMAT,
     LANGS,
     STEP_FORMAT,
     badge,
-    is_web_link,
     local_time,
     other_lang,
     text,
 )
 from query.settings import ReadSettings
-from query.statuses import STATUSES, Status
 
 SCREEN = "distribmail.screen"
 
@@ -183,7 +180,7 @@ def _context() -> dict[str, Any]:
     switch["lang"] = other_lang(lang)
     return {
         "lang": lang,
-        "switch_lang_url": _with_query(request.path, list(switch.items(multi=True))),
+        "switch_lang_url": views.with_query(request.path, list(switch.items(multi=True))),
         "signed_in": _signed_in(),
         "asset_version": screen.asset_version,
         "zone_name": screen.settings.timezone.key,
@@ -234,26 +231,23 @@ def message_list() -> Any:
     counts = count_messages(screen.pool, replace(filters, statuses=()))
     period = filters.period
     shift = timedelta(days=period.days)
-    query = _filter_pairs(filters)
+    query = views.filter_pairs(filters)
     return render_template(
         "screen/list.html",
-        filters=filters,
         first=period.first.isoformat(),
         last=period.last.isoformat(),
         q=filters.text or "",
-        rows=_row_views(page.rows, query),
+        rows=views.row_views(page.rows, query, g.lang, screen.settings.timezone),
         next_cursor=_cursor(page),
-        chips=_chips(filters, counts),
-        total=_total(filters, counts),
-        all_count=sum(counts.values()),
+        total=views.total(filters, counts),
         query=urlencode(query),
         page_size=PAGE_SIZE,
         refresh_seconds=REFRESH_SECONDS,
-        previous_url=_list_url(filters, period.first - shift, period.last - shift),
-        next_url=_list_url(filters, period.first + shift, period.last + shift),
-        today_url=_list_url(filters, None, None),
-        all_statuses_url=_list_url(replace(filters, statuses=()), period.first, period.last),
-        export_url=_with_query(url_for("screen.export"), query),
+        previous_url=views.list_url(filters, period.first - shift, period.last - shift),
+        next_url=views.list_url(filters, period.first + shift, period.last + shift),
+        today_url=views.list_url(filters, None, None),
+        export_url=views.with_query(url_for("screen.export"), query),
+        **views.chips_context(filters, counts, g.lang),
     )
 
 
@@ -267,22 +261,14 @@ def rows() -> Any:
     after = decode_cursor(args["cursor"]) if "cursor" in args else None
     page = list_messages(screen.pool, filters, args["limit"], after)
     counts = count_messages(screen.pool, replace(filters, statuses=()))
-    query = _filter_pairs(filters)
+    rows = views.row_views(page.rows, views.filter_pairs(filters), g.lang, screen.settings.timezone)
     return jsonify(
         {
-            "rows": render_template(
-                "screen/_rows.html", rows=_row_views(page.rows, query), continued=bool(after)
-            ),
+            "rows": render_template("screen/_rows.html", rows=rows, continued=bool(after)),
             "chips": render_template(
-                "screen/_chips.html",
-                chips=_chips(filters, counts),
-                all_count=sum(counts.values()),
-                filters=filters,
-                all_statuses_url=_list_url(
-                    replace(filters, statuses=()), filters.period.first, filters.period.last
-                ),
+                "screen/_chips.html", **views.chips_context(filters, counts, g.lang)
             ),
-            "total": _total(filters, counts),
+            "total": views.total(filters, counts),
             "next": _cursor(page),
         }
     )
@@ -314,24 +300,6 @@ def detail(key: str) -> Any:
     if found is None:
         raise NotFound(text("not_found", g.lang))
     zone = screen.settings.timezone
-    steps = [
-        {
-            "at": local_time(step.at, zone, STEP_FORMAT),
-            "at_full": local_time(step.at, zone, FULL_FORMAT),
-            "badge": badge(step.status, g.lang),
-            "event": step.event,
-            "source": step.source,
-            "reason": step.reason,
-            "link": step.link,
-            "link_is_web": is_web_link(step.link),
-            "ip": step.ip,
-            "user_agent": step.user_agent,
-            "device": step.device,
-            "problem": step.problem,
-            "payloads": [_pretty(payload) for payload in step.payloads],
-        }
-        for step in found.state.steps
-    ]
     row = found.row
     back = [(k, v) for k, v in request.args.items(multi=True) if k in FILTER_ARGS]
     return render_template(
@@ -340,8 +308,9 @@ def detail(key: str) -> Any:
         status=badge(status_of(row), g.lang),
         sent=local_time(row["sent_at"], zone, STEP_FORMAT),
         status_at=local_time(row["status_at"], zone, STEP_FORMAT),
-        steps=steps,  # oldest first: the mail's story, read top down
-        back_url=_with_query(url_for("screen.message_list"), back),
+        # Oldest first: the mail's story, read top down.
+        steps=views.step_views(found.state.steps, g.lang, zone),
+        back_url=views.with_query(url_for("screen.message_list"), back),
     )
 
 
@@ -383,74 +352,5 @@ def _filters(schema: MessageFiltersQuery) -> Filters:
     return filters_of(args, _screen().settings.timezone)
 
 
-def _filter_pairs(filters: Filters) -> list[tuple[str, str]]:
-    """The list's query string, with the period written out: a page left open over
-    midnight keeps refreshing the day it shows, not silently the next one."""
-    pairs = [("from", filters.period.first.isoformat()), ("to", filters.period.last.isoformat())]
-    pairs += [("status", status.value) for status in filters.statuses]
-    if filters.text:
-        pairs.append(("q", filters.text))
-    for name in ("recipient", "sender", "message_id", "tag"):
-        value = getattr(filters, name)
-        if value:
-            pairs.append((name, value))
-    return pairs
-
-
-def _list_url(filters: Filters, first: Any, last: Any) -> str:
-    pairs = [(k, v) for k, v in _filter_pairs(filters) if k not in ("from", "to")]
-    if first is not None:
-        pairs = [("from", first.isoformat()), ("to", last.isoformat()), *pairs]
-    return _with_query(url_for("screen.message_list"), pairs)
-
-
-def _with_query(path: str, pairs: list[tuple[str, str]]) -> str:
-    return f"{path}?{urlencode(pairs)}" if pairs else path
-
-
-def _row_views(rows: list[dict[str, Any]], query: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    zone = _screen().settings.timezone
-    return [
-        {
-            "id": row["id"],
-            "sent": local_time(row["sent_at"], zone),
-            "sent_full": local_time(row["sent_at"], zone, FULL_FORMAT),
-            "sender": row["sender"] or "",
-            "recipient": row["recipient"],
-            "subject": row["subject"],
-            "badge": badge(status_of(row), g.lang),
-            "href": _with_query(url_for("screen.detail", key=row["id"]), query),
-        }
-        for row in rows
-    ]
-
-
-def _chips(filters: Filters, counts: Mapping[Status | None, int]) -> list[dict[str, Any]]:
-    """One chip per status present in the period (or ticked), in the order of a mail's
-    life, each a checkbox of the status filter with its count."""
-    chips = []
-    for status in STATUSES:
-        count = counts.get(status, 0)
-        ticked = status in filters.statuses
-        if count or ticked:
-            chips.append({"badge": badge(status, g.lang), "count": count, "checked": ticked})
-    if counts.get(None):
-        chips.append({"badge": badge(None, g.lang), "count": counts[None], "checked": None})
-    return chips
-
-
-def _total(filters: Filters, counts: Mapping[Status | None, int]) -> int:
-    if not filters.statuses:
-        return sum(counts.values())
-    return sum(counts.get(status, 0) for status in filters.statuses)
-
-
 def _cursor(page: Page) -> str | None:
     return encode_cursor(page.next) if page.next is not None else None
-
-
-def _pretty(payload: Mapping[str, Any]) -> str:
-    try:
-        return json.dumps(dict(payload), indent=2, ensure_ascii=False, sort_keys=True)
-    except (TypeError, ValueError):
-        return repr(payload)

@@ -15,6 +15,8 @@ from flask.testing import FlaskClient
 from psycopg.conninfo import conninfo_to_dict
 from werkzeug.test import TestResponse
 
+from query.api import POOL as API_POOL
+from query.screen import SCREEN, mount_screen
 from tests.conftest import _with_database
 from tests.test_screen_support import (
     DAY,
@@ -460,3 +462,17 @@ def test_a_database_outage_is_a_503_page(day: FlaskClient, database_url: str) ->
 
     assert response.status_code == 503
     assert "La base de données ne répond pas." in response.text
+
+
+def test_the_screen_runs_without_the_read_api_on_a_pool_of_its_own(
+    make_app: Any, app_config: dict[str, str]
+) -> None:
+    env = {**app_config, "DISTRIBMAIL_UI_PASSWORD": PASSWORD, "DISTRIBMAIL_PROJECTOR": "off"}
+    app = make_app(DISTRIBMAIL_UI_PASSWORD=PASSWORD, DISTRIBMAIL_PROJECTOR="off")
+    if SCREEN not in app.extensions:
+        mount_screen(app, env, app.config["DISTRIBMAIL_DATABASE_URL"])
+    client = app.test_client()
+    sign_in(client)
+
+    assert client.get(f"/?{DAY_QUERY}").status_code == 200
+    assert app.extensions[SCREEN].pool is not app.extensions.get(API_POOL)
