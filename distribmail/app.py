@@ -11,6 +11,8 @@ from ingest.database import apply_schema
 from ingest.settings import IngestSettings
 from ingest.web import CLOSERS, register_error_handlers
 from ingest.wiring import database_url, mount_receiver
+from query.api import mount_api
+from query.worker import mount_projector
 
 # Set by `distribmail serve` once it applied the schema, so that its workers skip it.
 SCHEMA_APPLIED = "DISTRIBMAIL_SCHEMA_APPLIED_TO"
@@ -32,6 +34,8 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     app.config["DISTRIBMAIL_DATABASE_URL"] = url
     register_error_handlers(app)
     mount_receiver(app, settings, url)
+    mount_api(app, env, url)
+    mount_projector(app, env, url)
     return app
 
 
