@@ -15,8 +15,9 @@ from flask.testing import FlaskClient
 from psycopg.conninfo import conninfo_to_dict
 from werkzeug.test import TestResponse
 
+from ingest.web import CLOSERS, register_error_handlers
 from query.api import POOL as API_POOL
-from query.screen import SCREEN, mount_screen
+from query.screen import mount_screen
 from tests.conftest import _with_database
 from tests.test_screen_support import (
     DAY,
@@ -465,14 +466,19 @@ def test_a_database_outage_is_a_503_page(day: FlaskClient, database_url: str) ->
 
 
 def test_the_screen_runs_without_the_read_api_on_a_pool_of_its_own(
-    make_app: Any, app_config: dict[str, str]
+    app_config: dict[str, str],
 ) -> None:
-    env = {**app_config, "DISTRIBMAIL_UI_PASSWORD": PASSWORD, "DISTRIBMAIL_PROJECTOR": "off"}
-    app = make_app(DISTRIBMAIL_UI_PASSWORD=PASSWORD, DISTRIBMAIL_PROJECTOR="off")
-    if SCREEN not in app.extensions:
-        mount_screen(app, env, app.config["DISTRIBMAIL_DATABASE_URL"])
-    client = app.test_client()
-    sign_in(client)
+    app = Flask("screen-alone")
+    register_error_handlers(app)
+    env = {**app_config, "DISTRIBMAIL_UI_PASSWORD": PASSWORD}
+    screen = mount_screen(app, env, app_config["DISTRIBMAIL_DATABASE_URL"])
+    try:
+        client = app.test_client()
+        sign_in(client)
 
-    assert client.get(f"/?{DAY_QUERY}").status_code == 200
-    assert app.extensions[SCREEN].pool is not app.extensions.get(API_POOL)
+        assert client.get(f"/?{DAY_QUERY}").status_code == 200
+        assert API_POOL not in app.extensions
+        assert screen.pool.name == "screen"
+    finally:
+        for close in app.extensions[CLOSERS]:
+            close()
