@@ -1,0 +1,149 @@
+"""Replay's two table-level steps: compare the rebuilt projection with the live one, and
+swap it in under the names schema.sql declares.
+
+`messages_rebuild` is created LIKE messages INCLUDING ALL, so PostgreSQL names its
+indexes and index-backed constraints after itself (messages_rebuild_pkey,
+messages_rebuild_sent_at_id_idx ...). After the swap they must carry the live names again
+(messages_pkey, messages_sent_idx ...), or the next `CREATE INDEX IF NOT EXISTS` in
+schema.sql would build a duplicate. We pair each rebuilt index with the live index that
+has the same definition, rather than hard-coding names here that would drift from
+schema.sql.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from sqlalchemy import text
+
+from ingest.database import compile_sql
+from ingest.errors import DistribmailError
+from query.projection import COLUMNS, LIVE_TABLE, REBUILD_TABLE
+
+
+def _sql(statement: str) -> str:
+    return compile_sql(text(statement))[0]
+
+
+# The definition without its name and table: "btree (sent_at DESC, id DESC)".
+_INDEXES = _sql(
+    """
+    SELECT c.relname AS index_name, con.conname AS constraint_name,
+           i.indisprimary AS is_primary, i.indisunique AS is_unique,
+           regexp_replace(pg_get_indexdef(i.indexrelid), '^.*? USING ', '') AS definition
+      FROM pg_index i
+      JOIN pg_class c ON c.oid = i.indexrelid
+      LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
+     WHERE i.indrelid = CAST(:table_name AS regclass)
+     ORDER BY c.relname
+    """
+)
+_DROP_LIVE = _sql(f"DROP TABLE {LIVE_TABLE}")
+_RENAME_REBUILD = _sql(f"ALTER TABLE {REBUILD_TABLE} RENAME TO {LIVE_TABLE}")
+
+_DIFFERS = " OR ".join(
+    [
+        "m.id IS NULL",
+        "r.id IS NULL",
+        f"ROW({', '.join('r.' + c for c in COLUMNS)}) IS DISTINCT FROM"
+        f" ROW({', '.join('m.' + c for c in COLUMNS)})",
+    ]
+)
+_JOINED = f"FROM {REBUILD_TABLE} r FULL JOIN {LIVE_TABLE} m ON m.id = r.id WHERE ({_DIFFERS})"
+_COUNT_CHANGES = _sql(
+    f"""
+    SELECT count(*) FILTER (WHERE m.status IS DISTINCT FROM r.status) AS status_changes,
+           count(*) FILTER (WHERE m.status IS NOT DISTINCT FROM r.status) AS other_changes
+      {_JOINED}
+    """
+)
+_STATUS_CHANGES = _sql(
+    f"""
+    SELECT COALESCE(r.id, m.id) AS id, COALESCE(r.message_id, m.message_id) AS message_id,
+           COALESCE(r.recipient, m.recipient) AS recipient, m.status AS old, r.status AS new
+      {_JOINED} AND m.status IS DISTINCT FROM r.status
+     ORDER BY 1
+     LIMIT :shown
+    """
+)
+
+
+@dataclass(frozen=True)
+class _Index:
+    index_name: str
+    constraint_name: str | None
+    is_primary: bool
+    is_unique: bool
+    definition: str
+
+    @property
+    def shape(self) -> tuple[Any, ...]:
+        return (self.is_primary, self.is_unique, self.constraint_name is None, self.definition)
+
+
+def _indexes(conn: psycopg.Connection[Any], table_name: str) -> list[_Index]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(_INDEXES, {"table_name": table_name}).fetchall()  # type: ignore[call-overload]
+    return [_Index(**row) for row in rows]
+
+
+def _pairs(live: list[_Index], rebuilt: list[_Index]) -> list[tuple[_Index, _Index]]:
+    unpaired = list(rebuilt)
+    pairs = []
+    for old in live:
+        new = next((index for index in unpaired if index.shape == old.shape), None)
+        if new is None:
+            raise DistribmailError(
+                f"the rebuilt projection has no index like {old.index_name} ({old.definition}):"
+                " was schema.sql changed during the replay? Run the replay again."
+            )
+        unpaired.remove(new)
+        pairs.append((old, new))
+    return pairs
+
+
+def swap_tables(conn: psycopg.Connection[Any]) -> None:
+    """Inside the caller's transaction (which holds the lock): drop the live table, put
+    the rebuilt one in its place, give its indexes and constraints the live names."""
+    pairs = _pairs(_indexes(conn, LIVE_TABLE), _indexes(conn, REBUILD_TABLE))
+    try:
+        conn.execute(_DROP_LIVE)
+    except psycopg.errors.DependentObjectsStillExist as e:
+        raise DistribmailError(
+            f"cannot replace the messages table: {e.diag.message_detail or e}. Drop the views"
+            " or constraints that depend on it (schema.sql recreates ours), then replay."
+        ) from e
+    conn.execute(_RENAME_REBUILD)
+    table = sql.Identifier(LIVE_TABLE)
+    for old, new in pairs:
+        if new.constraint_name is not None and old.constraint_name is not None:
+            # Renaming an index-backed constraint renames its index with it.
+            conn.execute(
+                sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                    table, sql.Identifier(new.constraint_name), sql.Identifier(old.constraint_name)
+                )
+            )
+            current = old.constraint_name
+        else:
+            current = new.index_name
+        if current != old.index_name:
+            conn.execute(
+                sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    sql.Identifier(current), sql.Identifier(old.index_name)
+                )
+            )
+
+
+def compare(conn: psycopg.Connection[Any], shown: int) -> tuple[int, list[dict[str, Any]], int]:
+    """(rows whose status would change, the first `shown` of them, rows that would change
+    only in other columns). A live row missing from either side counts as a change."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        counts = cur.execute(_COUNT_CHANGES).fetchone()  # type: ignore[call-overload]
+        changes = cur.execute(_STATUS_CHANGES, {"shown": shown}).fetchall()  # type: ignore[call-overload]
+    if counts is None:
+        raise RuntimeError("the comparison query answered no row")
+    return counts["status_changes"], changes, counts["other_changes"]
