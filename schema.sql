@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS fold_queue (
 );
 
 -- One statement-level trigger per append (not per row): a 500-event batch costs one
--- INSERT ... SELECT DISTINCT and one NOTIFY.
+-- INSERT ... SELECT DISTINCT. No NOTIFY here: it would serialize every commit on
+-- PostgreSQL's notification lock; the writer notifies after its commit (ingest.notify).
 CREATE OR REPLACE FUNCTION events_queue_for_fold() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -68,9 +69,6 @@ BEGIN
     SELECT DISTINCT provider, message_id, recipient
       FROM appended
      WHERE message_id IS NOT NULL AND recipient IS NOT NULL;
-    IF FOUND THEN
-        PERFORM pg_notify('distribmail_fold', '');
-    END IF;
     RETURN NULL;
 END
 $$;

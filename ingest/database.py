@@ -8,6 +8,7 @@ ORM nor a second pool.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,18 @@ def compile_sql(statement: ClauseElement) -> tuple[str, dict[str, Any]]:
     return str(compiled), dict(compiled.params)
 
 
+def binary_parameters(sql: str) -> str:
+    """Ask psycopg for binary parameters (%(name)b): for arrays of JSON its text dumper
+    escapes every character in Python, which measured as 42% of a 500-event append."""
+    return re.sub(r"%\((\w+)\)s", r"%(\1)b", sql)
+
+
 def open_pool(
-    url: str, size: int = 8, timeout: float = 3.0, name: str = "distribmail"
+    url: str,
+    size: int = 8,
+    timeout: float = 3.0,
+    name: str = "distribmail",
+    autocommit: bool = False,
 ) -> ConnectionPool:
     """A pool that opens lazily: the service starts (and spools) even when the database is down."""
     pool = ConnectionPool(
@@ -45,7 +56,11 @@ def open_pool(
         timeout=timeout,
         name=name,
         open=False,
-        kwargs={"connect_timeout": max(1, int(timeout)), "row_factory": dict_row},
+        kwargs={
+            "connect_timeout": max(1, int(timeout)),
+            "row_factory": dict_row,
+            "autocommit": autocommit,
+        },
     )
     pool.open(wait=False)
     return pool

@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from ingest import recorder
 from ingest.errors import BadRequest, DatabaseUnavailable, TryLater
+from ingest.notify import FoldNotifier
 from ingest.providers import PROVIDERS
 from ingest.spool import Spool, SpoolDrainer, SpooledRequest
 
@@ -86,9 +87,12 @@ def _unwrap(document: dict[str, Any]) -> list[dict[str, Any]]:
 class Receiver:
     """Appends a request's events to the log in one transaction, or spools them."""
 
-    def __init__(self, pool: ConnectionPool, spool: Spool) -> None:
-        self.pool = pool
+    def __init__(
+        self, pool: ConnectionPool, spool: Spool, notifier: FoldNotifier | None = None
+    ) -> None:
+        self.pool = pool  # autocommit: each append is one statement
         self.spool = spool
+        self.notifier = notifier
         self._down_until = 0.0
         self._lock = threading.Lock()
         self.drainer: SpoolDrainer | None = None  # set when a drainer thread serves us
@@ -118,7 +122,10 @@ class Receiver:
         """Normalize and append; returns how many events were new in the log."""
         provider = PROVIDERS[provider_name]
         events = [provider.normalize(p, source) for p in payloads]
-        return recorder.insert_events(self.pool, events, received_at)
+        stored = recorder.insert_events(self.pool, events, received_at)
+        if stored and self.notifier is not None:
+            self.notifier.poke()
+        return stored
 
     def _spool(self, request: SpooledRequest) -> Receipt:
         try:
@@ -131,6 +138,8 @@ class Receiver:
     def close(self) -> None:
         if self.drainer is not None:
             self.drainer.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
         self.pool.close()
 
     def drain_spool(self) -> int:

@@ -1,8 +1,9 @@
 """The log's recorder: the only place on the write side that speaks SQL.
 
-One INSERT ... SELECT FROM unnest(...) per append, so a 500-event batch is one round trip
-and one transaction: all or nothing. ON CONFLICT DO NOTHING on the dedup key turns a
-retransmission into a no-op; the rows actually inserted are counted from RETURNING.
+One INSERT ... SELECT FROM unnest(...) per append, so a 500-event batch is one statement,
+one round trip (the pool is in autocommit: a single statement is its own transaction, all
+or nothing, its trigger included) and binary parameters. ON CONFLICT DO NOTHING on the
+dedup key turns a retransmission into a no-op; rowcount counts only the rows inserted.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from sqlalchemy import text
 
-from ingest.database import compile_sql
+from ingest.database import binary_parameters, compile_sql
 from ingest.errors import DatabaseUnavailable
 from ingest.events import NormalizedEvent, spell_out_unstorable, storable
 
-_INSERT_EVENTS, _ = compile_sql(
+_INSERT_SQL, _ = compile_sql(
     text(
         """
         INSERT INTO events (provider, source, dedup_key, message_id, recipient, event,
@@ -36,10 +37,10 @@ _INSERT_EVENTS, _ = compile_sql(
                AS appended(provider, source, dedup_key, message_id, recipient, event,
                            event_at, problem, payload)
         ON CONFLICT (dedup_key) DO NOTHING
-        RETURNING 1
         """
     )
 )
+_INSERT_EVENTS = binary_parameters(_INSERT_SQL)
 
 _SPELLED_OUT = (
     "payload held characters jsonb cannot store (U+0000, lone surrogates), kept as \\uXXXX text"
@@ -71,7 +72,10 @@ def unique_by_key(events: Sequence[NormalizedEvent]) -> list[NormalizedEvent]:
 def insert_events(
     pool: ConnectionPool, events: Sequence[NormalizedEvent], received_at: datetime | None = None
 ) -> int:
-    """Append in one transaction; return how many were new. Raises DatabaseUnavailable."""
+    """Append in one transaction; return how many were new. Raises DatabaseUnavailable.
+
+    `pool` must be in autocommit mode (ingest.wiring): the INSERT commits by itself.
+    """
     events = unique_by_key(events)
     if not events:
         return 0

@@ -11,6 +11,7 @@ from flask import Flask
 from ingest.auth import WebhookAuth, has_configured_credentials, load_or_create_token
 from ingest.database import apply_schema, open_pool
 from ingest.embedded import start_embedded
+from ingest.notify import FoldNotifier
 from ingest.pipeline import Receiver
 from ingest.settings import IngestSettings
 from ingest.spool import Spool, SpoolDrainer
@@ -32,8 +33,10 @@ def webhook_auth(settings: IngestSettings) -> WebhookAuth:
 
 
 def build_receiver(settings: IngestSettings, url: str, drain: bool = True) -> Receiver:
-    pool = open_pool(url, size=settings.pool_size, timeout=settings.db_timeout, name="ingest")
-    receiver = Receiver(pool, Spool(settings.data_dir / "spool"))
+    pool = open_pool(
+        url, size=settings.pool_size, timeout=settings.db_timeout, name="ingest", autocommit=True
+    )
+    receiver = Receiver(pool, Spool(settings.data_dir / "spool"), FoldNotifier(url))
     if drain:
         drainer = SpoolDrainer(receiver.drain_spool, settings.spool_drain_every)
         drainer.start()

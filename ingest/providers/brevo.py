@@ -9,6 +9,7 @@ no event id: the dedup key is built from what the event says (ingest.events).
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -67,6 +68,42 @@ class BrevoEventSchema(Schema):
 
 _schema = BrevoEventSchema()
 
+# (payload key, loaded name) of the fields read by the fast path below.
+_TEXT_FIELDS = (("event", "event"), ("email", "email"), ("message-id", "message_id"),
+                ("date", "date"), ("link", "link"))  # fmt: skip
+_NUMBER_FIELDS = ("ts_epoch", "s_epoch", "ts_event", "ts")
+
+
+def _load_plain(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """What the schema would load, for the usual payload whose fields already have the
+    right types (a third of the schema's cost); None sends anything else to the schema."""
+    loaded: dict[str, Any] = {}
+    for key, name in _TEXT_FIELDS:
+        value = payload.get(key)
+        if value is not None and type(value) is not str:
+            return None
+        loaded[name] = value
+    for key in _NUMBER_FIELDS:
+        value = payload.get(key)
+        if value is None:
+            loaded[key] = None
+        elif type(value) in (int, float) and math.isfinite(value) and abs(value) < 1e300:
+            loaded[key] = float(value)
+        else:
+            return None
+    return loaded
+
+
+def _load(payload: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    plain = _load_plain(payload)
+    if plain is not None:
+        return plain, None
+    try:
+        return _schema.load(payload), None
+    except ValidationError as e:
+        valid = e.valid_data if isinstance(e.valid_data, dict) else {}
+        return valid, f"unreadable fields ({_describe(e.messages_dict)})"
+
 
 def normalize_message_id(raw: str | None) -> str | None:
     if raw is None:
@@ -120,12 +157,8 @@ def normalize(payload: dict[str, Any], source: str = "webhook") -> NormalizedEve
         from ingest.providers import brevo_pull
 
         return brevo_pull.normalize(payload, source)
-    problems = []
-    try:
-        loaded = _schema.load(payload)
-    except ValidationError as e:
-        problems.append(f"unreadable fields ({_describe(e.messages_dict)})")
-        loaded = e.valid_data if isinstance(e.valid_data, dict) else {}
+    loaded, unreadable = _load(payload)
+    problems = [unreadable] if unreadable else []
 
     message_id = normalize_message_id(loaded.get("message_id"))
     recipient = normalize_recipient(loaded.get("email"))
