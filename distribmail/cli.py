@@ -22,6 +22,7 @@ def _db_init(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from distribmail import brevo_cli, serve
+    from query import replay, worker
 
     parser = argparse.ArgumentParser(prog="distribmail", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     db_cmd = commands.add_parser("db", help="database administration")
     db_commands = db_cmd.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("init", help="apply schema.sql (idempotent)").set_defaults(run=_db_init)
+
+    worker_cmd = commands.add_parser("worker", help="keep the projection current (no web)")
+    worker.add_worker_arguments(worker_cmd)
+    worker_cmd.set_defaults(run=worker.run_worker)
+
+    replay_cmd = commands.add_parser("replay", help="rebuild the projection from the log")
+    replay.add_replay_arguments(replay_cmd)
+    replay_cmd.set_defaults(run=replay.run_replay)
 
     brevo_cli.add_commands(commands)
     return parser

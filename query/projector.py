@@ -46,11 +46,12 @@ from psycopg.rows import dict_row, tuple_row
 from sqlalchemy import text
 
 from ingest.database import compile_sql
+from ingest.notify import FOLD_CHANNEL
 from query.projection import LIVE_TABLE, MessageKey, lock_key, refold
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "distribmail_fold"  # the NOTIFY of the events trigger (schema.sql)
+CHANNEL = FOLD_CHANNEL  # notified by the writers after their commits (ingest.notify)
 # While idle, how often the stop flag is checked between notification waits.
 STOP_CHECK_SECONDS = 0.1
 RECONNECT_BACKOFF_SECONDS = 2.0
