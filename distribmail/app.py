@@ -12,6 +12,7 @@ from ingest.settings import IngestSettings
 from ingest.web import CLOSERS, register_error_handlers
 from ingest.wiring import database_url, mount_receiver
 from query.api import mount_api
+from query.screen import mount_screen
 from query.worker import mount_projector
 
 # Set by `distribmail serve` once it applied the schema, so that its workers skip it.
@@ -35,6 +36,7 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     register_error_handlers(app)
     mount_receiver(app, settings, url)
     mount_api(app, env, url)
+    mount_screen(app, env, url)  # after the API: it shares the API's pool
     mount_projector(app, env, url)
     return app
 

@@ -157,11 +157,14 @@ def mount_api(app: Flask, env: Mapping[str, str], url: str) -> ConnectionPool:
 
 
 def create_read_app(config: Mapping[str, str] | None = None) -> Flask:
-    """The read API alone, for a deployment where it is apart from the receiver."""
+    """The read side alone (API and screen), for a deployment apart from the receiver."""
     env = os.environ if config is None else config
     url = database_url(IngestSettings.from_env(env))
     apply_schema(url)
     app = Flask("distribmail.query")
     register_error_handlers(app)
     mount_api(app, env, url)
+    from query.screen import mount_screen  # the screen imports this module
+
+    mount_screen(app, env, url)
     return app

@@ -21,7 +21,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from query.statuses import STATUSES, Status
-from tests.test_screen_support import (
+from tests.screen_support import (
     DAY,
     DAY_MAILS,
     PASSWORD,

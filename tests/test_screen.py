@@ -1,6 +1,6 @@
 """The screen's pages through Flask's test client: sign-in, the list and its filters,
 paging, the timeline, the language switch, escaping. The events are real: posted through
-the webhook and folded by the projector (tests/test_screen_support.py)."""
+the webhook and folded by the projector (tests/screen_support.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ingest.web import CLOSERS, register_error_handlers
 from query.api import POOL as API_POOL
 from query.screen import mount_screen
 from tests.conftest import _with_database
-from tests.test_screen_support import (
+from tests.screen_support import (
     DAY,
     DAY_MAILS,
     PASSWORD,

@@ -11,7 +11,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from query.screen_csv import cell
-from tests.test_screen_support import (
+from tests.screen_support import (
     DAY,
     DAY_MAILS,
     Mail,
