@@ -1,0 +1,285 @@
+"""Structured logs: one JSON object per line, with the request id, and no secrets.
+
+Every line has `time` (UTC, ISO 8601), `level`, `logger`, `message`, and `request_id` when
+it was written while a request was served; the request line that `install_logging` adds
+also has `method`, `path`, `status` and `duration_ms`. The request id is the caller's
+`X-Request-Id` when it looks like one (so nginx's `$request_id` follows a request through
+both logs), else a new one; it is echoed in the response's `X-Request-Id`.
+
+Secrets never reach the output: the formatter scrubs every line, traceback included, of
+the configured secrets themselves (tokens, passwords, keys, the database password) and of
+anything shaped like one (`Bearer ...`, `Basic ...`, `password=...`, `user:pass@` in a
+URL). The query string is not logged at all: the screen's and the API's carry people's
+addresses, and nothing there helps an operator more than the path does.
+
+DISTRIBMAIL_LOG_LEVEL (default INFO); DISTRIBMAIL_LOG_FORMAT `json` (default) or `text`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, g, request
+from gunicorn import glogging
+
+from ingest.settings import PREFIX, env_str
+
+REQUEST_ID_HEADER = "X-Request-Id"
+ACCESS_LOGGER = "distribmail.access"
+REDACTED = "[redacted]"
+
+# What a client may choose as its request id: an id, not a place to smuggle text into logs.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{8,128}$")
+
+# Variables whose value is a secret, by the end of their name (DISTRIBMAIL_API_TOKENS, ...).
+_SECRET_NAMES = re.compile(r"(TOKENS?|PASSWORDS?|SECRET(_KEY)?|API_KEY|BASIC_AUTH)$")
+
+_SHAPES = [
+    # An Authorization header's value, wherever it got pasted.
+    (re.compile(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=-]+", re.I), r"\1 " + REDACTED),
+    # user:password@ in any URL (postgresql://app:secret@db/...).
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.I), r"\1" + REDACTED + "@"),
+    # libpq key=value strings and similar: password=..., token: ..., api-key=...
+    (
+        re.compile(
+            r"\b(password|passwd|pwd|token|api[_-]?key|secret)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|\S+)",
+            re.IGNORECASE,
+        ),
+        r"\1\2" + REDACTED,
+    ),
+]  # fmt: skip
+
+# The request id of the request being served by this thread (gthread: one per request).
+_request_id: ContextVar[str | None] = ContextVar("distribmail_request_id", default=None)
+
+# The fields of a LogRecord that are not "extra" ones a caller passed.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def current_request_id() -> str | None:
+    return _request_id.get()
+
+
+class Redactor:
+    """Replaces configured secrets, then secret-shaped text, in a string."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so that a secret containing another is replaced whole; a secret
+        # shorter than 4 characters would blank out ordinary words, and is no secret.
+        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        merged = {*self.secrets, *(s for s in secrets if len(s) >= 4)}
+        self.secrets = sorted(merged, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for pattern, replacement in _SHAPES:
+            text = pattern.sub(replacement, text)
+        return text
+
+
+def secrets_in_env(env: Mapping[str, str]) -> list[str]:
+    """The secret values configured in DISTRIBMAIL_* variables, one by one."""
+    found: list[str] = []
+    for name, value in env.items():
+        if not name.startswith(PREFIX) or not value.strip():
+            continue
+        if _SECRET_NAMES.search(name):
+            for item in value.split(","):
+                item = item.strip()
+                # user:password pairs: the password is the secret (the user is not)
+                found.append(item.partition(":")[2] if name.endswith("BASIC_AUTH") else item)
+                found.append(item)
+        elif name.endswith("_URL"):
+            password = urlsplit(value.strip()).password
+            if password:
+                found.append(password)
+    return [s for s in found if s]
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, redact: Redactor | None = None) -> None:
+        super().__init__()
+        self.redact = redact or Redactor()
+
+    def format(self, record: logging.LogRecord) -> str:
+        document: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None) or _request_id.get()
+        if request_id:
+            document["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in document and not key.startswith("_"):
+                document[key] = value
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            document["stack"] = record.stack_info
+        line = json.dumps(document, ensure_ascii=False, default=str)
+        # Scrubbed once, as a whole line: a secret in an extra field or a traceback too.
+        return self.redact(line)
+
+
+class TextFormatter(logging.Formatter):
+    """For a person at a terminal; the same scrubbing."""
+
+    def __init__(self, redact: Redactor | None = None) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.redact = redact or Redactor()
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = _request_id.get()
+        return self.redact(f"{line} [{request_id}]" if request_id else line)
+
+
+class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler we installed, so that a second app in the process reuses it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Whoever replaced sys.stderr since (gunicorn, pytest's capture) is followed.
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _root_handler() -> _OurHandler | None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _OurHandler):
+            return handler
+    return None
+
+
+def configure_root(env: Mapping[str, str], secrets: Iterable[str] = ()) -> Redactor:
+    """Put our formatter on the root logger, once per process; returns its Redactor.
+
+    `logging.basicConfig`'s plain handler (the CLI sets one up before gunicorn forks) is
+    replaced, so that a line is written once; handlers of other kinds (pytest's capture,
+    a file an embedder added) are left alone.
+    """
+    root = logging.getLogger()
+    handler = _root_handler()
+    if handler is None:
+        for other in list(root.handlers):
+            if type(other) is logging.StreamHandler:
+                root.removeHandler(other)
+        handler = _OurHandler()
+        root.addHandler(handler)
+    redact = getattr(handler.formatter, "redact", None) or Redactor()
+    redact.add([*secrets_in_env(env), *secrets])
+    style = (env_str(env, "LOG_FORMAT", "json") or "json").lower()
+    handler.setFormatter(TextFormatter(redact) if style == "text" else JsonFormatter(redact))
+    level = (env_str(env, "LOG_LEVEL", "INFO") or "INFO").upper()
+    root.setLevel(logging.getLevelName(level) if level in logging._nameToLevel else logging.INFO)
+    return redact
+
+
+def _app_secrets(app: Flask) -> list[str]:
+    """Tokens the app holds but the environment may not: the generated webhook token."""
+    found = []
+    for extension in app.extensions.values():
+        for attribute in ("tokens", "passwords"):
+            for value in getattr(extension, attribute, ()) or ():
+                found.append(value.decode() if isinstance(value, bytes) else str(value))
+    return found
+
+
+def install_logging(app: Flask, env: Mapping[str, str]) -> None:
+    """JSON logs for the process, and a request id and a request line for every request.
+
+    Call it after the receiver and the read side are mounted, so that their tokens are
+    known to the scrubber."""
+    configure_root(env, _app_secrets(app))
+    access = logging.getLogger(ACCESS_LOGGER)
+
+    @app.before_request
+    def start_request() -> None:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = given if _SANE_REQUEST_ID.match(given) else uuid.uuid4().hex
+        g.request_id = request_id
+        g.request_started = time.perf_counter()
+        g.request_id_token = _request_id.set(request_id)
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        request_id = g.get("request_id")
+        if request_id is None:  # before_request did not run (another hook failed first)
+            return response
+        response.headers[REQUEST_ID_HEADER] = request_id
+        duration = time.perf_counter() - g.get("request_started", time.perf_counter())
+        access.info(
+            "%s %s %d",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round(duration * 1000, 2),
+                "remote_addr": request.remote_addr,
+            },
+        )
+        return response
+
+    @app.teardown_request
+    def forget_request(_: BaseException | None) -> None:
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            _request_id.reset(token)
+
+
+class GunicornLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's own lines (boot, worker timeouts, and its access log when one is asked
+    for) in the same JSON shape. Set as `logger_class` by deploy/gunicorn.conf.py."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        redact = Redactor(secrets_in_env(os.environ))
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if getattr(handler, "_gunicorn", False):
+                    handler.setFormatter(JsonFormatter(redact))
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        # gunicorn's access_log_format pastes values into a template unescaped (a quote in
+        # a path would break the JSON): we build the object ourselves.
+        if not self.access_log_enabled:
+            return
+        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+        headers = {name.lower(): value for name, value in resp.headers}
+        self.access_log.info(
+            "%s %s %s",
+            environ.get("REQUEST_METHOD"),
+            environ.get("PATH_INFO"),
+            status,
+            extra={
+                "request_id": headers.get("x-request-id"),
+                "method": environ.get("REQUEST_METHOD"),
+                "path": environ.get("PATH_INFO"),
+                "status": int(status),
+                "duration_ms": round(request_time.total_seconds() * 1000, 2),
+                "remote_addr": environ.get("REMOTE_ADDR"),
+                "bytes": getattr(resp, "sent", None),
+            },
+        )
