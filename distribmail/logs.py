@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, g, request
 from gunicorn import glogging
 
-from ingest.settings import PREFIX, env_str
+from ingest.auth import client_address
+from ingest.settings import PREFIX, env_networks, env_str
 
 REQUEST_ID_HEADER = "X-Request-Id"
 ACCESS_LOGGER = "distribmail.access"
@@ -211,6 +212,8 @@ def install_logging(app: Flask, env: Mapping[str, str]) -> None:
     known to the scrubber."""
     configure_root(env, _app_secrets(app))
     access = logging.getLogger(ACCESS_LOGGER)
+    # The client behind nginx, as the webhook's allow-list sees it (same trusted proxies).
+    trusted = env_networks(env, "TRUSTED_PROXIES")
 
     @app.before_request
     def start_request() -> None:
@@ -237,7 +240,11 @@ def install_logging(app: Flask, env: Mapping[str, str]) -> None:
                 "path": request.path,
                 "status": response.status_code,
                 "duration_ms": round(duration * 1000, 2),
-                "remote_addr": request.remote_addr,
+                "client": str(
+                    client_address(
+                        request.remote_addr, request.headers.get("X-Forwarded-For"), trusted
+                    )
+                ),
             },
         )
         return response

@@ -41,6 +41,7 @@ def test_a_request_writes_one_json_line_with_its_id(app, capsys, auth_headers):
     assert (line["method"], line["path"], line["status"]) == ("POST", "/webhooks/brevo", 200)
     assert line["level"] == "INFO" and line["duration_ms"] >= 0
     assert line["time"].endswith("+00:00")
+    assert line["client"] == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
