@@ -61,13 +61,19 @@ class Spool:
         final = self.folder / f"{name}{SUFFIX}"
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(partial, final)
+            try:
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(partial, final)
+        except BaseException:
+            # A full disk: the partial file would keep the space it took, and the disk full,
+            # after the drain has emptied the spool.
+            partial.unlink(missing_ok=True)
+            raise
         self._fsync_folder()
         return final
 
