@@ -4,10 +4,19 @@
 -- ---------------------------------------------------------------------------------------
 -- The log: one row per received event, never updated, never deleted.
 -- ---------------------------------------------------------------------------------------
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('events') AND relkind <> 'p') THEN
+        RAISE EXCEPTION 'events exists but is not partitioned (a pre-0.1 log): copy it into a '
+            'new database with this schema (INSERT INTO events SELECT ...) before upgrading';
+    END IF;
+END
+$$;
+
 CREATE TABLE IF NOT EXISTS events (
     -- Arrival position. NOT commit order: a transaction that started earlier can commit
     -- a smaller id later, so readers must not use it as a high-water mark (see fold_queue).
-    id           bigserial PRIMARY KEY,
+    id           bigserial   NOT NULL,
     provider     text        NOT NULL,
     source       text        NOT NULL,              -- webhook | api
     -- sha256 of what the event says (provider, source, message-id, recipient, event,
@@ -22,8 +31,18 @@ CREATE TABLE IF NOT EXISTS events (
     -- no time ...); NULL when it was understood.
     problem      text,
     payload      jsonb       NOT NULL,              -- the event object as received
-    CONSTRAINT events_dedup_key_unique UNIQUE (dedup_key)
-);
+    -- A unique constraint on a partitioned table must hold the partition column. The key
+    -- is computed from the event's time (ingest.events.dedup_key), so one key always
+    -- comes with one event_at and this is as strict as UNIQUE (dedup_key); NULLS NOT
+    -- DISTINCT keeps undated (flagged) events unique too.
+    CONSTRAINT events_dedup_key_unique UNIQUE NULLS NOT DISTINCT (dedup_key, event_at)
+) PARTITION BY RANGE (event_at);
+
+-- One partition a month (events_YYYY_MM, UTC months), made ahead by schema.sql and on
+-- demand by the writer (events_ensure_month); old months are archived explicitly with
+-- `distribmail archive`. Undated events, and times too far off to be real (ingest.recorder
+-- decides), go to the default partition.
+CREATE TABLE IF NOT EXISTS events_undated PARTITION OF events DEFAULT;
 
 CREATE INDEX IF NOT EXISTS events_message_idx ON events (provider, message_id, recipient);
 CREATE INDEX IF NOT EXISTS events_event_at_idx ON events (event_at);
@@ -45,6 +64,52 @@ CREATE OR REPLACE TRIGGER events_no_update_delete
 CREATE OR REPLACE TRIGGER events_no_truncate
     BEFORE TRUNCATE ON events
     FOR EACH STATEMENT EXECUTE FUNCTION events_refuse_change();
+
+-- A TRUNCATE of one partition does not fire the parent's trigger: each partition gets its
+-- own (row triggers, for UPDATE and DELETE, are cloned to partitions by PostgreSQL).
+CREATE OR REPLACE TRIGGER events_no_truncate
+    BEFORE TRUNCATE ON events_undated
+    FOR EACH STATEMENT EXECUTE FUNCTION events_refuse_change();
+
+-- The partition of the UTC month holding `moment`, created if missing; returns its name.
+-- Created apart and then ATTACHed: ATTACH takes SHARE UPDATE EXCLUSIVE on `events`, which
+-- lets appends and reads go on (CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE
+-- and queue every webhook behind the longest open reader, a replay say). The CHECK spares
+-- ATTACH its scan of the new table. lock_timeout: better to fail (the writer spools and
+-- retries) than to wait behind a long transaction.
+CREATE OR REPLACE FUNCTION events_ensure_month(moment timestamptz) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    first_day timestamp := date_trunc('month', moment AT TIME ZONE 'UTC');
+    lower_bound timestamptz := first_day AT TIME ZONE 'UTC';
+    upper_bound timestamptz := (first_day + interval '1 month') AT TIME ZONE 'UTC';
+    partition text := 'events_' || to_char(first_day, 'YYYY_MM');
+BEGIN
+    IF to_regclass(partition) IS NOT NULL THEN
+        RETURN partition;
+    END IF;
+    PERFORM set_config('lock_timeout', '5s', true);
+    -- Writers may ask for the same month at once: one creates it, the others wait.
+    PERFORM pg_advisory_xact_lock(hashtext('events_ensure_month'));
+    IF to_regclass(partition) IS NULL THEN
+        EXECUTE format(
+            'CREATE TABLE %I (LIKE events INCLUDING DEFAULTS,'
+            ' CONSTRAINT %I CHECK (event_at IS NOT NULL AND event_at >= %L AND event_at < %L))',
+            partition, partition || '_bounds', lower_bound, upper_bound);
+        EXECUTE format(
+            'CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON %I'
+            ' FOR EACH STATEMENT EXECUTE FUNCTION events_refuse_change()',
+            partition);
+        EXECUTE format(
+            'ALTER TABLE events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+            partition, lower_bound, upper_bound);
+    END IF;
+    RETURN partition;
+END
+$$;
+
+SELECT events_ensure_month(now());
+SELECT events_ensure_month(now() + interval '1 month');
 
 -- ---------------------------------------------------------------------------------------
 -- The "to fold" queue: filled by the append's own transaction, so a message appears here

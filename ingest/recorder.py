@@ -9,8 +9,10 @@ dedup key turns a retransmission into a no-op; rowcount counts only the rows ins
 from __future__ import annotations
 
 import json
+import logging
+import weakref
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -21,6 +23,8 @@ from sqlalchemy import text
 from ingest.database import binary_parameters, compile_sql
 from ingest.errors import DatabaseUnavailable
 from ingest.events import NormalizedEvent, spell_out_unstorable, storable
+
+log = logging.getLogger(__name__)
 
 _INSERT_SQL, _ = compile_sql(
     text(
@@ -36,7 +40,7 @@ _INSERT_SQL, _ = compile_sql(
                       CAST(:payload AS jsonb[]))
                AS appended(provider, source, dedup_key, message_id, recipient, event,
                            event_at, problem, payload)
-        ON CONFLICT (dedup_key) DO NOTHING
+        ON CONFLICT (dedup_key, event_at) DO NOTHING
         """
     )
 )
@@ -56,6 +60,44 @@ def _jsonb(event: NormalizedEvent) -> tuple[Any, str | None]:
     if spelled == event.payload:  # only a literal backslash-u0000 in some text: fine as is
         return Jsonb(event.payload, dumps=lambda _: encoded), event.problem
     return Jsonb(spelled), "; ".join(p for p in (event.problem, _SPELLED_OUT) if p)
+
+
+_ENSURE_MONTH = "SELECT events_ensure_month(%(moment)s)"
+# Months outside this window are not given a partition: such times are not real (a
+# ts_epoch of 1, a year 5138) and their rows go to the default partition.
+_OLDEST_MONTH = datetime(2000, 1, 1, tzinfo=UTC)
+_FUTURE_DAYS = 400
+# Months known to have a partition, per pool (a pool is one database).
+_months_with_partition: weakref.WeakKeyDictionary[ConnectionPool, set[tuple[int, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def ensure_partitions(pool: ConnectionPool, events: Sequence[NormalizedEvent]) -> None:
+    """Create the monthly partitions a batch needs, once per month and process.
+
+    Without it a row whose month has no partition would land in the default partition,
+    and that month's partition could then no longer be created. A failure here is logged,
+    not raised: the append itself still stores the rows (in the default partition).
+    """
+    latest = datetime.now(UTC) + timedelta(days=_FUTURE_DAYS)
+    known = _months_with_partition.setdefault(pool, set())
+    missing = {
+        (e.event_at.year, e.event_at.month): e.event_at
+        for e in events
+        if e.event_at is not None
+        and (e.event_at.year, e.event_at.month) not in known
+        and _OLDEST_MONTH <= e.event_at <= latest
+    }
+    for month, moment in sorted(missing.items()):
+        try:
+            with pool.connection() as conn:
+                conn.execute(_ENSURE_MONTH, {"moment": moment})
+            known.add(month)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as e:
+            log.warning("no partition for %04d-%02d (rows go to events_undated): %s", *month, e)
 
 
 def unique_by_key(events: Sequence[NormalizedEvent]) -> list[NormalizedEvent]:
@@ -93,6 +135,7 @@ def insert_events(
         "payload": list(payloads),
     }
     try:
+        ensure_partitions(pool, events)
         with pool.connection() as conn, conn.cursor() as cur:
             cur.execute(_INSERT_EVENTS, params)  # type: ignore[arg-type]
             return cur.rowcount

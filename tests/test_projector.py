@@ -148,6 +148,9 @@ def test_message_key_id_is_the_documented_hash():
 
 def test_event_committed_late_is_folded(database_url, db, folder, tmp_path):
     spool = Spool(tmp_path / "spool")
+    # The month's partition is made beforehand: made inside T1's held transaction, T2
+    # would wait for it (the real append pool is autocommit and never holds it).
+    db.execute("SELECT events_ensure_month(to_timestamp(%s / 1000.0))", (event()["ts_epoch"],))
     with (
         psycopg.connect(database_url) as t1_conn,
         psycopg.connect(database_url) as t2_conn,
