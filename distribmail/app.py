@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 from flask import Flask
 
+from distribmail.logs import install_logging
+from distribmail.metrics import install_metrics
 from ingest.database import apply_schema
 from ingest.settings import IngestSettings
 from ingest.web import CLOSERS, register_error_handlers
@@ -38,6 +40,9 @@ def create_app(config: Mapping[str, str] | None = None) -> Flask:
     mount_api(app, env, url)
     mount_screen(app, env, url)  # after the API: it shares the API's pool
     mount_projector(app, env, url)
+    # Last: both find the receiver and the tokens in app.extensions.
+    install_metrics(app, env)
+    install_logging(app, env)
     return app
 
 

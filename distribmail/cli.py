@@ -20,8 +20,20 @@ def _db_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from distribmail import metrics
+    from ingest.settings import IngestSettings
+    from query.worker import run_worker
+
+    # First, before anything imports prometheus_client: the worker's figures (its
+    # reconciliation finds) go to the folder that the web service's /metrics sums.
+    metrics.start_worker_metrics(IngestSettings.from_env().data_dir)
+    return run_worker(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from distribmail import brevo_cli, serve
+    from ingest import archive
     from query import replay, worker
 
     parser = argparse.ArgumentParser(prog="distribmail", description=__doc__)
@@ -37,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker_cmd = commands.add_parser("worker", help="keep the projection current (no web)")
     worker.add_worker_arguments(worker_cmd)
-    worker_cmd.set_defaults(run=worker.run_worker)
+    worker_cmd.set_defaults(run=_worker)
+
+    archive_cmd = commands.add_parser(
+        "archive", help="export old months of the log to files, then detach them"
+    )
+    archive.add_arguments(archive_cmd)
+    archive_cmd.set_defaults(run=archive.run)
 
     replay_cmd = commands.add_parser("replay", help="rebuild the projection from the log")
     replay.add_replay_arguments(replay_cmd)

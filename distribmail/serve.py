@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import runpy
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from distribmail import metrics
 from distribmail.app import SCHEMA_APPLIED
 from ingest.auth import has_configured_credentials, load_or_create_token
 from ingest.database import apply_schema
@@ -16,12 +18,27 @@ from ingest.wiring import database_url
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
+    """Settings in three layers: serve's defaults, then the --config file (production's
+    deploy/gunicorn.conf.py), then the options given on the command line. gunicorn runs
+    load_config again on SIGHUP, so an edited file takes effect on a graceful reload."""
+
+    def __init__(
+        self, defaults: dict[str, Any], config_file: str | None, given: dict[str, Any]
+    ) -> None:
+        self.defaults = defaults
+        self.config_file = config_file
+        self.given = given
         super().__init__()
 
     def load_config(self) -> None:
-        for key, value in self.options.items():
+        for key, value in self.defaults.items():
+            self.cfg.set(key, value)
+        if self.config_file:
+            # What `gunicorn -c FILE` does: run the file, keep the names gunicorn knows.
+            for key, value in runpy.run_path(self.config_file).items():
+                if key in self.cfg.settings:
+                    self.cfg.set(key, value)
+        for key, value in self.given.items():
             self.cfg.set(key, value)
 
     def load(self) -> Any:
@@ -34,8 +51,13 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=8, help="threads per worker")
+    parser.add_argument("--workers", type=int, help="gunicorn worker processes (default 2)")
+    parser.add_argument("--threads", type=int, help="threads per worker (default 8)")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="gunicorn settings file, e.g. deploy/gunicorn.conf.py; options given here win",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     os.environ["DISTRIBMAIL_DATABASE_URL"] = url
     apply_schema(url)
     os.environ[SCHEMA_APPLIED] = url
+    # Before gunicorn forks: every worker writes its metrics under this folder.
+    metrics.prepare_multiprocess(settings.data_dir)
     host_for_url = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "::") else args.host
     where = "from DISTRIBMAIL_DATABASE_URL" if settings.database_url else "embedded"
     print(f"distribmail: log database {where} (data folder {settings.data_dir.resolve()})")
@@ -54,17 +78,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"distribmail: webhook token {token}")
         print("  In Brevo: Transactional > Settings > Webhooks > Add a webhook, paste the URL")
         print("  (your public https address) and choose 'Bearer token' with this token.")
-    _Gunicorn(
-        {
-            "bind": f"{args.host}:{args.port}",
-            "workers": args.workers,
-            # gthread keeps connections alive (sync workers close each one).
-            "worker_class": "gthread",
-            "threads": args.threads,
-            # Shorter than the time Brevo waits, so a stuck request fails on our side first.
-            "timeout": 20,
-            "graceful_timeout": 20,
-            "keepalive": 5,
-        }
-    ).run()
+    defaults = {
+        "workers": 2,
+        # gthread keeps connections alive (sync workers close each one).
+        "worker_class": "gthread",
+        "threads": 8,
+        # Shorter than the time Brevo waits, so a stuck request fails on our side first.
+        "timeout": 20,
+        "graceful_timeout": 20,
+        "keepalive": 5,
+        # gunicorn's own lines in the app's JSON shape; a dead worker's gauges dropped.
+        "logger_class": "distribmail.logs.GunicornLogger",
+        "child_exit": metrics.child_exit,
+    }
+    given = {"bind": f"{args.host}:{args.port}", "workers": args.workers, "threads": args.threads}
+    _Gunicorn(defaults, args.config, {k: v for k, v in given.items() if v is not None}).run()
     return 0

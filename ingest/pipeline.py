@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from ingest import recorder
 from ingest.errors import BadRequest, DatabaseUnavailable, TryLater
+from ingest.events import NormalizedEvent
 from ingest.notify import FoldNotifier
 from ingest.providers import PROVIDERS
 from ingest.spool import Spool, SpoolDrainer, SpooledRequest
@@ -84,6 +86,14 @@ def _unwrap(document: dict[str, Any]) -> list[dict[str, Any]]:
     return [document]
 
 
+# Told about every receive: (provider, payloads, their normalized events, or None when they
+# were spooled before being normalized, receipt). distribmail.metrics counts with it; an
+# observer must be cheap and must not raise.
+ReceiptObserver = Callable[
+    [str, Sequence[dict[str, Any]], Sequence[NormalizedEvent] | None, Receipt], None
+]
+
+
 class Receiver:
     """Appends a request's events to the log in one transaction, or spools them."""
 
@@ -96,21 +106,43 @@ class Receiver:
         self._down_until = 0.0
         self._lock = threading.Lock()
         self.drainer: SpoolDrainer | None = None  # set when a drainer thread serves us
+        self.observers: list[ReceiptObserver] = []
 
     def receive(self, provider_name: str, body: bytes, source: str = "webhook") -> Receipt:
         payloads = parse_body(body)
         received_at = datetime.now(UTC)
         if not payloads:
             return Receipt(received=0)
+        events: list[NormalizedEvent] | None = None
         if time.monotonic() >= self._down_until:
             try:
-                stored = self.append(provider_name, source, payloads)
-                return Receipt(len(payloads), stored, len(payloads) - stored)
+                events = self.normalize(provider_name, source, payloads)
+                stored = self.append_events(events)
+                receipt = Receipt(len(payloads), stored, len(payloads) - stored)
+                return self._observed(provider_name, payloads, events, receipt)
             except DatabaseUnavailable as e:
                 log.warning("database unavailable, spooling %d event(s): %s", len(payloads), e)
                 with self._lock:
                     self._down_until = time.monotonic() + DOWN_BACKOFF_SECONDS
-        return self._spool(SpooledRequest(provider_name, source, received_at, payloads))
+        receipt = self._spool(SpooledRequest(provider_name, source, received_at, payloads))
+        return self._observed(provider_name, payloads, events, receipt)
+
+    def _observed(
+        self,
+        provider_name: str,
+        payloads: list[dict[str, Any]],
+        events: list[NormalizedEvent] | None,
+        receipt: Receipt,
+    ) -> Receipt:
+        for observe in self.observers:
+            observe(provider_name, payloads, events, receipt)
+        return receipt
+
+    def normalize(
+        self, provider_name: str, source: str, payloads: list[dict[str, Any]]
+    ) -> list[NormalizedEvent]:
+        provider = PROVIDERS[provider_name]
+        return [provider.normalize(p, source) for p in payloads]
 
     def append(
         self,
@@ -120,8 +152,11 @@ class Receiver:
         received_at: datetime | None = None,
     ) -> int:
         """Normalize and append; returns how many events were new in the log."""
-        provider = PROVIDERS[provider_name]
-        events = [provider.normalize(p, source) for p in payloads]
+        return self.append_events(self.normalize(provider_name, source, payloads), received_at)
+
+    def append_events(
+        self, events: list[NormalizedEvent], received_at: datetime | None = None
+    ) -> int:
         stored = recorder.insert_events(self.pool, events, received_at)
         if stored and self.notifier is not None:
             self.notifier.poke()
