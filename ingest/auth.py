@@ -13,12 +13,11 @@ import binascii
 import hmac
 import ipaddress
 import logging
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.errors import Forbidden, Unauthorized
+from ingest.secret_files import load_or_create
 from ingest.settings import IngestSettings, IPNetwork
 
 log = logging.getLogger(__name__)
@@ -110,23 +109,7 @@ def has_configured_credentials(settings: IngestSettings) -> bool:
 
 def load_or_create_token(data_dir: Path) -> str:
     """The token generated once when no credential is configured, kept in the data folder."""
-    path = data_dir / TOKEN_FILE
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    # Written aside then linked in: workers starting together all end up with one token.
-    partial = data_dir / f".{TOKEN_FILE}.{os.getpid()}"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(partial, path)
-        log.info("generated a webhook token in %s", path)
-    except FileExistsError:
-        token = path.read_text(encoding="utf-8").strip()
-    finally:
-        partial.unlink()
+    token, created = load_or_create(data_dir / TOKEN_FILE)
+    if created:
+        log.info("generated a webhook token in %s", data_dir / TOKEN_FILE)
     return token

@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingest.secret_files import load_or_create
 from ingest.settings import env_str
 from query.settings import ReadSettings
 
@@ -66,26 +65,9 @@ class ScreenAuth:
 
 def load_or_create_secret_key(data_dir: Path) -> bytes:
     """The key generated once and kept in `<data_dir>/secret-key` (mode 0600)."""
-    path = data_dir / SECRET_KEY_FILE
-    if path.exists():
-        return path.read_bytes().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    # Written aside then linked in: workers starting together all end up with one key,
-    # and nobody ever reads a half-written file.
-    partial = data_dir / f".{SECRET_KEY_FILE}.{os.getpid()}"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(key + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        os.link(partial, path)
-        log.info("generated the screen's secret key in %s", path)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    finally:
-        partial.unlink()
+    key, created = load_or_create(data_dir / SECRET_KEY_FILE, nbytes=48)
+    if created:
+        log.info("generated the screen's secret key in %s", data_dir / SECRET_KEY_FILE)
     return key.encode()
 
 
