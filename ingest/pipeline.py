@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,10 +50,19 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # Python reads 1e400 as infinity, which the log's jsonb refuses: a 400 here, rather
+    # than a 500 from the INSERT.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large to store")
+    return value
+
+
 def parse_body(body: bytes) -> list[dict[str, Any]]:
     """One event object, a list of them, or an object wrapping such a list under one key."""
     try:
-        document = json.loads(body, parse_constant=_refuse_constant)
+        document = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest(f"the body is not JSON: {e}") from None
     except RecursionError:
@@ -110,6 +120,14 @@ class Receiver:
 
     def receive(self, provider_name: str, body: bytes, source: str = "webhook") -> Receipt:
         payloads = parse_body(body)
+        try:
+            return self._receive(provider_name, source, payloads)
+        except RecursionError:
+            # json read it, but keying, serializing or spooling it recursed too deep (a
+            # payload nested near Python's limit): a 400, not a 500.
+            raise BadRequest("the body is not JSON we can store: nested too deeply") from None
+
+    def _receive(self, provider_name: str, source: str, payloads: list[dict[str, Any]]) -> Receipt:
         received_at = datetime.now(UTC)
         if not payloads:
             return Receipt(received=0)

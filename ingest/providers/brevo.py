@@ -87,7 +87,10 @@ def _load_plain(payload: dict[str, Any]) -> dict[str, Any] | None:
         value = payload.get(key)
         if value is None:
             loaded[key] = None
-        elif type(value) in (int, float) and math.isfinite(value) and abs(value) < 1e300:
+        # An int is compared exactly (math.isfinite would overflow past 1e308).
+        elif (type(value) is int or (type(value) is float and math.isfinite(value))) and (
+            abs(value) < 1e300
+        ):
             loaded[key] = float(value)
         else:
             return None
