@@ -110,24 +110,89 @@ def fold(events: Iterable[LoggedEvent], start: MessageState | None = None) -> Me
     """Fold one tracked message's rows, on top of `start` (a state this function made)."""
     rows = list(start.rows) if start is not None else []
     rows.extend(events)
-    return _state(_steps(rows))
+    return _state(_groups(rows))
 
 
 # --- rows -> facts ----------------------------------------------------------------------
+#
+# Speed matters here: replay folds every message of the log, about 5 rows each. So a
+# fact is a slotted class, each row's details are read once (the state reuses them), and
+# the expensive parts of the total order (the receive time and the canonical payload)
+# are only computed for rows that tie on everything before them, which log rows never do
+# (their position is unique); hand-built rows may.
 
 
-@dataclass(frozen=True)
 class _Fact:
-    row: LoggedEvent
-    status: Status | None  # only ever set on a row with an event time
-    when: datetime  # UTC event time, else (unfoldable rows) receive time
-    details: Details
-    order: tuple[Any, ...]
+    __slots__ = ("row", "status", "when", "details", "short", "rank", "_canonical")
+
+    def __init__(self, row: LoggedEvent) -> None:
+        status = None
+        if row.problem is None and row.event is not None and row.event_at is not None:
+            status = _status_for(row.provider, row.source, row.event)
+        when = _utc(row.event_at if row.event_at is not None else row.received_at)
+        self.row = row
+        self.status: Status | None = status  # only ever set on a row with an event time
+        self.when = when  # UTC event time, else (unfoldable rows) receive time
+        self.details = details_of(row)
+        # The first keys of the fold order; `order` is the whole of it.
+        self.short = (
+            when,
+            _LIFECYCLE[status] if status is not None else len(STATUSES),
+            0 if row.source in WEBHOOK_SOURCES else 1,
+            row.source,
+            row.event or "",
+            row.position,
+        )
+        self.rank = 0  # place in the sorted distinct facts, set by _distinct_facts
+        self._canonical: str | None = None
+
+    @property
+    def canonical(self) -> str:
+        if self._canonical is None:
+            self._canonical = _canonical(self.row.payload)
+        return self._canonical
+
+    @property
+    def order(self) -> tuple[Any, ...]:
+        """The total order: equal only for rows equal in every field."""
+        row = self.row
+        return (
+            *self.short,
+            _utc(row.received_at),
+            row.message_id or "",
+            row.recipient or "",
+            row.problem or "",
+            row.event_at is None,  # so that `when` stands for event_at exactly
+            row.provider,
+            self.canonical,
+        )
+
+
+_LIFECYCLE = {status: info.lifecycle for status, info in STATUSES.items()}
+_PRECEDENCE = {status: info.precedence for status, info in STATUSES.items()}
+_STATUS_CACHE: dict[tuple[str, str, str], Status | None] = {}
+
+
+def _status_for(provider: str, source: str, event: str) -> Status | None:
+    # A few distinct names in the whole log: remember each answer (at most 4096 of them,
+    # so that a flood of made-up names cannot grow this without bound).
+    key = (provider, source, event)
+    try:
+        return _STATUS_CACHE[key]
+    except KeyError:
+        status = _STATUS_CACHE[key] = status_for(provider, source, event)
+        if len(_STATUS_CACHE) > 4096:
+            _STATUS_CACHE.clear()
+        return status
+    except TypeError:  # an unhashable name in a hand-built row: not a status we know
+        return status_for(provider, source, event)
 
 
 def _utc(moment: datetime) -> datetime:
     # The log's times are aware UTC; a naive one (a hand-built row) is read as UTC rather
     # than left to crash a comparison.
+    if moment.tzinfo is UTC:
+        return moment
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
@@ -142,37 +207,29 @@ def _is_webhook(source: str) -> bool:
     return source in WEBHOOK_SOURCES
 
 
-def _fact(row: LoggedEvent) -> _Fact:
-    status = None
-    if row.problem is None and row.event is not None and row.event_at is not None:
-        status = status_for(row.provider, row.source, row.event)
-    when = _utc(row.event_at if row.event_at is not None else row.received_at)
-    lifecycle = STATUSES[status].lifecycle if status is not None else len(STATUSES)
-    order = (
-        when,
-        lifecycle,
-        0 if _is_webhook(row.source) else 1,
-        row.source,
-        row.event or "",
-        row.position,
-        _utc(row.received_at),
-        row.message_id or "",
-        row.recipient or "",
-        row.problem or "",
-        row.event_at is None,  # so that `when` stands for event_at exactly
-        row.provider,
-        _canonical(row.payload),
-    )
-    return _Fact(row, status, when, details_of(row), order)
-
-
 def _distinct_facts(rows: Iterable[LoggedEvent]) -> list[_Fact]:
-    """Facts in fold order, exact duplicates (equal in every field) dropped."""
-    facts: dict[tuple[Any, ...], _Fact] = {}
-    for row in rows:
-        fact = _fact(row)
-        facts.setdefault(fact.order, fact)
-    return [facts[order] for order in sorted(facts)]
+    """Facts in fold order, exact duplicates (equal in every field) dropped.
+
+    Sorting on the short key, then on the whole order within each run of equal short
+    keys, is sorting on the whole order (the short key is its prefix)."""
+    facts = sorted((_Fact(row) for row in rows), key=lambda fact: fact.short)
+    distinct: list[_Fact] = []
+    start = 0
+    while start < len(facts):
+        end = start + 1
+        while end < len(facts) and facts[end].short == facts[start].short:
+            end += 1
+        if end - start == 1:
+            distinct.append(facts[start])
+        else:
+            tied: dict[tuple[Any, ...], _Fact] = {}
+            for fact in facts[start:end]:
+                tied.setdefault(fact.order, fact)
+            distinct.extend(tied[order] for order in sorted(tied))
+        start = end
+    for rank, fact in enumerate(distinct):
+        fact.rank = rank
+    return distinct
 
 
 # --- facts -> steps ---------------------------------------------------------------------
@@ -183,9 +240,9 @@ def _twin_key(fact: _Fact) -> tuple[Any, ...]:
     if fact.status is None:
         # Same body, same name, same time: the same unknown thing received twice.
         event_at = _utc(row.event_at) if row.event_at is not None else None
-        what = (row.source, row.event, event_at, row.problem, fact.order[-1])
+        what = (row.source, row.event, event_at, row.problem, fact.canonical)
         return ("unknown", row.provider, row.message_id, row.recipient, *what)
-    family = "webhook" if _is_webhook(row.source) else row.source
+    family = "webhook" if row.source in WEBHOOK_SOURCES else row.source
     return ("known", row.provider, row.message_id, row.recipient, family, fact.status,
             fact.when, fact.details.link)  # fmt: skip
 
@@ -199,10 +256,15 @@ def _links_agree(a: Details, b: Details) -> bool:
     return a.link is None or b.link is None or a.link == b.link
 
 
-def _steps(rows: Iterable[LoggedEvent]) -> tuple[Step, ...]:
+def _groups(rows: Iterable[LoggedEvent]) -> list[list[_Fact]]:
+    """The facts of each step, steps in fold order, each step's lead fact first."""
     groups: dict[tuple[Any, ...], list[_Fact]] = {}
+    has_api = False
     for fact in _distinct_facts(rows):  # sorted, so each group's lead comes first
         groups.setdefault(_twin_key(fact), []).append(fact)
+        has_api = has_api or (fact.status is not None and fact.row.source not in WEBHOOK_SOURCES)
+    if not has_api:  # nothing to join: the common case of a webhook-only message
+        return list(groups.values())
 
     # Join each API group to the earliest webhook group it copies (see the module doc).
     webhook_groups: dict[tuple[Any, ...], list[list[_Fact]]] = {}
@@ -222,8 +284,7 @@ def _steps(rows: Iterable[LoggedEvent]) -> tuple[Step, ...]:
             merged.append(group)
         else:
             twin.extend(group)  # after the webhook rows: the lead stays the webhook's
-
-    return tuple(_step(group) for group in sorted(merged, key=lambda g: g[0].order))
+    return sorted(merged, key=lambda group: group[0].rank)
 
 
 def _first(values: Iterable[str | None]) -> str | None:
@@ -231,63 +292,71 @@ def _first(values: Iterable[str | None]) -> str | None:
 
 
 def _step(group: list[_Fact]) -> Step:
-    lead, details = group[0], [fact.details for fact in group]
+    lead = group[0]
+    row = lead.row
+    if len(group) == 1:
+        d = lead.details
+        reason, link, ip, user_agent, device = d.reason, d.link, d.ip, d.user_agent, d.device
+        rows: tuple[LoggedEvent, ...] = (row,)
+    else:
+        details = [fact.details for fact in group]
+        reason = _first(d.reason for d in details)
+        link = _first(d.link for d in details)
+        ip = _first(d.ip for d in details)
+        user_agent = _first(d.user_agent for d in details)
+        device = _first(d.device for d in details)
+        rows = tuple(fact.row for fact in group)
     return Step(
-        at=lead.row.event_at,
-        status=lead.status,
-        event=lead.row.event,
-        source=lead.row.source,
-        reason=_first(d.reason for d in details),
-        link=_first(d.link for d in details),
-        ip=_first(d.ip for d in details),
-        user_agent=_first(d.user_agent for d in details),
-        device=_first(d.device for d in details),
-        problem=lead.row.problem,
-        rows=tuple(fact.row for fact in group),
-    )
+        at=row.event_at, status=lead.status, event=row.event, source=row.source,
+        reason=reason, link=link, ip=ip, user_agent=user_agent, device=device,
+        problem=row.problem, rows=rows,
+    )  # fmt: skip
 
 
 # --- steps -> state ---------------------------------------------------------------------
 
 
-def _state(steps: tuple[Step, ...]) -> MessageState:
-    rows = [row for step in steps for row in step.rows]
-    known = [step for step in steps if step.status is not None]
-    # Message-level details come from the steps that count, lead (webhook) rows first.
-    details = [details_of(row) for step in known for row in step.rows]
-
+def _state(groups: list[list[_Fact]]) -> MessageState:
+    """One pass over the steps, oldest first, with the details their facts already read."""
+    steps = tuple(_step(group) for group in groups)
+    provider = message_id = recipient = sender = subject = None
+    tags: tuple[str, ...] = ()
     status: Status | None = None
-    status_at: datetime | None = None
-    for step in known:
+    status_at = sent_at = first_at = last_at = delivered_at = opened_at = None
+    counts = {Status.OPENED: 0, Status.PROXY_OPENED: 0, Status.CLICKED: 0}
+    current = -1  # precedence of `status`
+    for group, step in zip(groups, steps, strict=True):
+        for fact in group:
+            row = fact.row
+            provider = provider if provider is not None else row.provider
+            message_id = message_id if message_id is not None else row.message_id
+            recipient = recipient if recipient is not None else row.recipient
         candidate = step.status
         if candidate is None:
             continue
-        rank = STATUSES[candidate].precedence
-        current = STATUSES[status].precedence if status is not None else -1
+        # Message-level details come from the steps that count, lead (webhook) rows first.
+        for fact in group:
+            d = fact.details
+            sender = sender if sender is not None else d.sender
+            subject = subject if subject is not None else d.subject
+            tags = tags or d.tags
+        first_at = first_at or step.at
+        last_at = step.at
+        if candidate is Status.REQUESTED:
+            sent_at = sent_at or step.at
+        elif candidate is Status.DELIVERED:
+            delivered_at = delivered_at or step.at
+        elif candidate is Status.OPENED:
+            opened_at = opened_at or step.at
+        if candidate in counts:
+            counts[candidate] += 1
+        rank = _PRECEDENCE[candidate]
         if rank > current or (rank == current and candidate != status):
-            status, status_at = candidate, step.at
-
-    def first_at(wanted: Status) -> datetime | None:
-        return next((step.at for step in known if step.status == wanted), None)
-
-    def count(wanted: Status) -> int:
-        return sum(1 for step in known if step.status == wanted)
-
+            status, status_at, current = candidate, step.at, rank
     return MessageState(
-        provider=_first(row.provider for row in rows),
-        message_id=_first(row.message_id for row in rows),
-        recipient=_first(row.recipient for row in rows),
-        sender=_first(d.sender for d in details),
-        subject=_first(d.subject for d in details),
-        tags=next((d.tags for d in details if d.tags), ()),
-        sent_at=first_at(Status.REQUESTED) or (known[0].at if known else None),
-        status=status,
-        status_at=status_at,
-        last_event_at=known[-1].at if known else None,
-        first_delivered_at=first_at(Status.DELIVERED),
-        first_opened_at=first_at(Status.OPENED),
-        opens=count(Status.OPENED),
-        proxy_opens=count(Status.PROXY_OPENED),
-        clicks=count(Status.CLICKED),
-        steps=steps,
-    )
+        provider=provider, message_id=message_id, recipient=recipient, sender=sender,
+        subject=subject, tags=tags, sent_at=sent_at or first_at, status=status,
+        status_at=status_at, last_event_at=last_at, first_delivered_at=delivered_at,
+        first_opened_at=opened_at, opens=counts[Status.OPENED],
+        proxy_opens=counts[Status.PROXY_OPENED], clicks=counts[Status.CLICKED], steps=steps,
+    )  # fmt: skip

@@ -46,13 +46,14 @@ class Details:
     device: str | None = None
 
 
-def _text(payload: Mapping[str, Any], *keys: str) -> str | None:
-    """The first key holding a non-blank string. `""` counts as absent: Brevo sends
-    `link: ""` on opens to mean "no link"."""
-    for key in keys:
-        value = payload.get(key)
-        if isinstance(value, str) and value.strip():
-            return value.strip()
+def _clean(value: Any) -> str | None:
+    """`value` stripped if it is a non-blank string, else None. `""` counts as absent:
+    Brevo sends `link: ""` on opens to mean "no link". One key per call, no loop: replay
+    reads every row of the log."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value:
+            return value
     return None
 
 
@@ -72,8 +73,10 @@ def parse_tags(value: Any) -> tuple[str, ...]:
     if isinstance(value, list | tuple):
         found: list[str] = []
         for item in value:
-            if isinstance(item, str) and item.strip() and item.strip() not in found:
-                found.append(item.strip())
+            if isinstance(item, str):
+                item = item.strip()
+                if item and item not in found:
+                    found.append(item)
         return tuple(found)
     return ()
 
@@ -81,30 +84,32 @@ def parse_tags(value: Any) -> tuple[str, ...]:
 def _brevo_webhook(payload: Mapping[str, Any]) -> Details:
     # `tags` (a real array) when present, else whatever `tag` holds. `sender_email` is in
     # live payloads since 2024 (Invoice Ninja's captures); `from` is only a guess.
+    get = payload.get
     return Details(
-        subject=_text(payload, "subject"),
-        sender=_text(payload, "sender_email", "from"),
-        tags=parse_tags(payload.get("tags")) or parse_tags(payload.get("tag")),
-        reason=_text(payload, "reason"),
-        link=_text(payload, "link"),
+        subject=_clean(get("subject")),
+        sender=_clean(get("sender_email")) or _clean(get("from")),
+        tags=parse_tags(get("tags")) or parse_tags(get("tag")),
+        reason=_clean(get("reason")),
+        link=_clean(get("link")),
         # On opens and clicks `sending_ip` is the opener's address (a Google image proxy
         # in one capture), on the rest Brevo's relay: it is shown as is.
-        ip=_text(payload, "sending_ip", "ip"),
-        user_agent=_text(payload, "user_agent"),
-        device=_text(payload, "device_used"),
+        ip=_clean(get("sending_ip")) or _clean(get("ip")),
+        user_agent=_clean(get("user_agent")),
+        device=_clean(get("device_used")),
     )
 
 
 def _brevo_events_api(payload: Mapping[str, Any]) -> Details:
     # GET /smtp/statistics/events: email, date, subject, messageId, event, reason, tag,
     # ip, link, from, templateId. No user agent, no device.
+    get = payload.get
     return Details(
-        subject=_text(payload, "subject"),
-        sender=_text(payload, "from"),
-        tags=parse_tags(payload.get("tag")) or parse_tags(payload.get("tags")),
-        reason=_text(payload, "reason"),
-        link=_text(payload, "link"),
-        ip=_text(payload, "ip"),
+        subject=_clean(get("subject")),
+        sender=_clean(get("from")),
+        tags=parse_tags(get("tag")) or parse_tags(get("tags")),
+        reason=_clean(get("reason")),
+        link=_clean(get("link")),
+        ip=_clean(get("ip")),
     )
 
 
@@ -121,6 +126,7 @@ EXTRACTORS: Mapping[tuple[str, str], Callable[[Mapping[str, Any]], Details]] = M
 def details_of(row: LoggedEvent) -> Details:
     """The row's details; nothing for a provider or source we have no extractor for."""
     extract = EXTRACTORS.get((row.provider, row.source))
-    if extract is None or not isinstance(row.payload, Mapping):
+    # type() first: a log row's payload is a dict, and the ABC check costs more.
+    if extract is None or not (type(row.payload) is dict or isinstance(row.payload, Mapping)):
         return Details()
     return extract(row.payload)
