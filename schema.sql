@@ -192,3 +192,53 @@ CREATE TABLE IF NOT EXISTS backfill_progress (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (provider, range_start, range_end, chunk_start)
 );
+
+-- ---------------------------------------------------------------------------------------
+-- Least privilege. The role `distribmail_app` may do what the service does (append to the
+-- log, fold into the projection, read, backfill) and nothing else: no UPDATE, DELETE or
+-- TRUNCATE on the log (on top of its triggers), no DDL. An admin applies this file as the
+-- tables' owner (`distribmail db init`), then runs the service as a login role that is a
+-- member of distribmail_app (README, "Running with least privilege"); `distribmail
+-- replay` and `distribmail archive` rebuild and detach tables, so they run as the owner.
+-- Done only when the connecting user may create the role (or it exists) and owns the
+-- tables; otherwise this block does nothing and the service runs as the owner, as before.
+-- ---------------------------------------------------------------------------------------
+DO $$
+BEGIN
+    IF NOT pg_has_role(current_user, (SELECT relowner FROM pg_class
+                                       WHERE oid = to_regclass('events')), 'USAGE') THEN
+        RETURN;  -- not the owner: it cannot grant, and must not fail the schema for that
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'distribmail_app') THEN
+        IF NOT (SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user) THEN
+            RAISE NOTICE 'role distribmail_app not created: % may not create roles', current_user;
+            RETURN;
+        END IF;
+        BEGIN
+            CREATE ROLE distribmail_app NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- roles are cluster-wide: another database's schema made it meanwhile
+        END;
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO distribmail_app', current_schema());
+    -- Partitions are reached through `events`, whose privileges are the ones checked.
+    GRANT SELECT, INSERT ON events TO distribmail_app;
+    REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON events FROM distribmail_app;
+    EXECUTE format('GRANT USAGE ON SEQUENCE %s TO distribmail_app',
+                   pg_get_serial_sequence('events', 'id'));
+    -- The append's trigger fills the queue as the appender; the projector drains it
+    -- (its FOR UPDATE SKIP LOCKED needs UPDATE).
+    GRANT SELECT, INSERT, UPDATE, DELETE ON fold_queue TO distribmail_app;
+    EXECUTE format('GRANT USAGE ON SEQUENCE %s TO distribmail_app',
+                   pg_get_serial_sequence('fold_queue', 'id'));
+    GRANT SELECT, INSERT, UPDATE, DELETE ON messages TO distribmail_app;
+    GRANT SELECT, INSERT, UPDATE ON backfill_progress TO distribmail_app;
+    -- The writer makes next month's partition on demand: as the owner, who alone may.
+    -- (CREATE OR REPLACE above resets these two settings; they are set again every time.)
+    ALTER FUNCTION events_ensure_month(timestamptz) SECURITY DEFINER;
+    EXECUTE format('ALTER FUNCTION events_ensure_month(timestamptz) SET search_path = %I, pg_temp',
+                   current_schema());
+    REVOKE EXECUTE ON FUNCTION events_ensure_month(timestamptz) FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION events_ensure_month(timestamptz) TO distribmail_app;
+END
+$$;
