@@ -23,6 +23,7 @@ event lost or duplicated.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import secrets
@@ -32,6 +33,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -93,7 +95,7 @@ class EventSource:
         }
 
 
-def paced(rate: float, stop: threading.Event, tally: Tally, work) -> None:  # type: ignore[no-untyped-def]
+def paced(rate: float, stop: threading.Event, tally: Tally, work: Callable[[], None]) -> None:
     """Call `work()` `rate` times a second on a fixed schedule until `stop`."""
     interval = 1.0 / rate
     due = time.monotonic()
@@ -229,19 +231,22 @@ def soak(servers: Servers, args: argparse.Namespace) -> int:
     database_url = servers.start_database()
     url, master = servers.start_receiver(webhook_token, {"DISTRIBMAIL_API_TOKENS": api_token})
     workers = booted_workers(master.pid, 2)
-    print(f"soak: {args.minutes:g} min, {args.rate:g} events/s ({args.batch_share:.0%} in "
-          f"batches of {args.batch_size}), {args.reads:g} reads/s; workers {sorted(workers)}")  # fmt: skip
+    print(
+        f"soak: {args.minutes:g} min, {args.rate:g} events/s ({args.batch_share:.0%} in "
+        f"batches of {args.batch_size}), {args.reads:g} reads/s; workers {sorted(workers)}"
+    )
 
     tally, source, stop = Tally(), EventSource(), threading.Event()
     singles_rate = args.rate * (1 - args.batch_share)
     batch_rate = args.rate * args.batch_share / args.batch_size
-    loads = []
+
+    def poster(size: int) -> Callable[[], None]:
+        session = requests.Session()
+        return lambda: post(session, url, webhook_token, source.take(size), tally)
+
+    loads: list[tuple[float, Callable[[], None]]] = []
     for _ in range(2):  # two threads each for singles and batches: one slow answer is not a stall
-        single_session, batch_session = requests.Session(), requests.Session()
-        loads += [
-            (singles_rate / 2, lambda s=single_session: post(s, url, webhook_token, source.take(1), tally)),
-            (batch_rate / 2, lambda s=batch_session: post(s, url, webhook_token, source.take(args.batch_size), tally)),
-        ]  # fmt: skip
+        loads += [(singles_rate / 2, poster(1)), (batch_rate / 2, poster(args.batch_size))]
     loads.append((args.reads, Reader(url, api_token, tally)))
     threads = [
         threading.Thread(target=paced, args=(rate, stop, tally, work), daemon=True)
@@ -266,16 +271,17 @@ def soak(servers: Servers, args: argparse.Namespace) -> int:
                 if current != set(workers):
                     tally.error(f"workers changed: {sorted(workers)} -> {sorted(current)}")
                 for pid, process in workers.items():
-                    try:
+                    with contextlib.suppress(psutil.NoSuchProcess):
                         rss[pid].append((elapsed, process.memory_info().rss))
-                    except psutil.NoSuchProcess:
-                        pass
                 queued, lag = read_lag(database_url)
                 lags.append(lag)
-                memory = " ".join(f"{samples[-1][1] / 2**20:.1f}" for samples in rss.values() if samples)
-                print(f"  {elapsed:5.0f}s sent {tally.sent:7,} acked {tally.acked:7,} reads "
-                      f"{tally.reads:5,} errors {sum(tally.errors.values())} | rss MiB {memory} | "
-                      f"queue {queued} lag {lag:.1f}s", flush=True)  # fmt: skip
+                memory = " ".join(f"{s[-1][1] / 2**20:.1f}" for s in rss.values() if s)
+                print(
+                    f"  {elapsed:5.0f}s sent {tally.sent:7,} acked {tally.acked:7,} reads "
+                    f"{tally.reads:5,} errors {sum(tally.errors.values())} | rss MiB {memory} | "
+                    f"queue {queued} lag {lag:.1f}s",
+                    flush=True,
+                )
             time.sleep(max(0.0, min(next_sample, end) - time.monotonic()))
     finally:
         stop.set()
@@ -306,19 +312,27 @@ def report(
     rows, distinct, understood = row
     failures = []
 
-    print(f"\nsoak: {seconds / 60:.1f} min; {tally.sent:,} events sent, {tally.acked:,} answered 2xx,"
-          f" {rows:,} rows in the log ({distinct:,} distinct, {understood:,} understood),"
-          f" {messages[0]:,} messages projected")  # fmt: skip
+    print(
+        f"\nsoak: {seconds / 60:.1f} min; {tally.sent:,} events sent, {tally.acked:,} answered 2xx,"
+        f" {rows:,} rows in the log ({distinct:,} distinct, {understood:,} understood),"
+        f" {messages[0]:,} messages projected"
+    )
     # A request cut short by the end of the load (or an error) may be in the log unacked:
     # rows may exceed acked by those, never fall short of it.
     lost = max(0, tally.acked - rows)
     if lost or rows != distinct or tally.duplicates:
-        failures.append(f"lost {lost}, duplicated {rows - distinct}, dup answers {tally.duplicates}")
-    print(f"  webhooks: p50 {percentile(tally.webhook_ms, 50):.1f} ms, p95 "
-          f"{percentile(tally.webhook_ms, 95):.1f} ms, max {max(tally.webhook_ms, default=0):.0f} ms;"
-          f" schedule late at worst {tally.behind_s:.2f} s")  # fmt: skip
-    print(f"  reads:    {tally.reads:,}, p50 {percentile(tally.read_ms, 50):.1f} ms, p95 "
-          f"{percentile(tally.read_ms, 95):.1f} ms, max {max(tally.read_ms, default=0):.0f} ms")  # fmt: skip
+        failures.append(
+            f"lost {lost}, duplicated {rows - distinct}, {tally.duplicates} dup answers"
+        )
+    print(
+        f"  webhooks: p50 {percentile(tally.webhook_ms, 50):.1f} ms, p95 "
+        f"{percentile(tally.webhook_ms, 95):.1f} ms, max {max(tally.webhook_ms, default=0):.0f} ms;"
+        f" schedule late at worst {tally.behind_s:.2f} s"
+    )
+    print(
+        f"  reads:    {tally.reads:,}, p50 {percentile(tally.read_ms, 50):.1f} ms, p95 "
+        f"{percentile(tally.read_ms, 95):.1f} ms, max {max(tally.read_ms, default=0):.0f} ms"
+    )
 
     print(f"\nmemory (RSS MiB; warm-up = first sample after {args.warmup:g} min):")
     print(f"  {'worker':>8} {'warm-up':>8} {'final':>8} {'max':>8} {'growth':>8}")
@@ -330,15 +344,19 @@ def report(
             continue
         first, last, top = judged[0], judged[-1], max(judged)
         growth = (last - first) / first * 100
-        print(f"  {pid:>8} {first / 2**20:8.1f} {last / 2**20:8.1f} {top / 2**20:8.1f} {growth:7.1f}%")
+        print(
+            f"  {pid:>8} {first / 2**20:8.1f} {last / 2**20:8.1f} {top / 2**20:8.1f} {growth:7.1f}%"
+        )
         curve = " ".join(f"{value / 2**20:.0f}" for _, value in samples)
         print(f"           curve: {curve}")
         if (top - first) / first * 100 > args.max_growth:
             failures.append(f"worker {pid}: RSS grew {(top - first) / first * 100:.1f}%")
 
-    print(f"\nprojection lag: p50 {statistics.median(lags) if lags else 0:.1f} s, p95 "
-          f"{percentile(lags, 95):.1f} s, max {max(lags, default=0):.1f} s "
-          f"({len(lags)} samples); caught up {caught_up_in:.1f} s after the load")  # fmt: skip
+    print(
+        f"\nprojection lag: p50 {statistics.median(lags) if lags else 0:.1f} s, p95 "
+        f"{percentile(lags, 95):.1f} s, max {max(lags, default=0):.1f} s "
+        f"({len(lags)} samples); caught up {caught_up_in:.1f} s after the load"
+    )
     if max(lags, default=0) > args.max_lag:
         failures.append(f"projection lag reached {max(lags):.1f} s")
     if read_lag(database_url)[0]:
