@@ -134,6 +134,9 @@ def load_query(schema: Schema, args: MultiDict[str, str]) -> dict[str, Any]:
     for name, field in schema.fields.items():
         key = field.data_key or name
         values = [value for value in args.getlist(key) if value.strip()]
+        if any("\x00" in value for value in values):
+            # PostgreSQL text cannot hold U+0000, and no real search needs it.
+            raise BadRequest(f"bad parameter {key!r}: contains a NUL character", parameter=key)
         if values:
             raw[key] = values if isinstance(field, fields.List) else values[0]
     try:
