@@ -15,7 +15,7 @@ def _db_init(args: argparse.Namespace) -> int:
     from ingest.wiring import database_url
 
     url = database_url(IngestSettings.from_env())
-    apply_schema(url)
+    apply_schema(url, strict=True)
     print("schema applied")
     return 0
 

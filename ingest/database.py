@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import ClauseElement
 
-from ingest.errors import DatabaseUnavailable
+from ingest.errors import ConfigError, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,32 @@ def open_pool(
     return pool
 
 
-def apply_schema(url: str) -> None:
-    """Apply schema.sql (idempotent) in one transaction."""
+def apply_schema(url: str, strict: bool = False) -> None:
+    """Apply schema.sql (idempotent) in one transaction.
+
+    A service running as a role that does not own the tables (least privilege, README)
+    cannot apply it: when the tables are there it goes on with a warning, the owner applies
+    upgrades with `distribmail db init`. With `strict` (that command), any refusal raises.
+    """
     sql = SCHEMA_PATH.read_text(encoding="utf-8")
     try:
         with psycopg.connect(url, autocommit=False) as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
-            conn.execute(sql)  # type: ignore[arg-type]
+            try:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+                conn.execute(sql)  # type: ignore[arg-type]
+            except psycopg.errors.InsufficientPrivilege as e:
+                conn.rollback()
+                tables = conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone()
+                if strict or not (tables and tables[0]):
+                    raise ConfigError(
+                        f"this database user may not apply the schema ({e.diag.message_primary}):"
+                        " run `distribmail db init` as the owner of the tables"
+                    ) from e
+                log.warning(
+                    "schema not applied: this user does not own the tables; apply upgrades"
+                    " as the owner with `distribmail db init`"
+                )
+                return
     except psycopg.OperationalError as e:
         raise DatabaseUnavailable(f"cannot reach the database to apply the schema: {e}") from e
     log.info("schema applied")

@@ -407,3 +407,20 @@ def test_no_secret_in_the_served_output(database_url):
         assert leaked(body.decode("utf-8", "replace") + headers) == [], status
     assert "/webhooks/brevo" in output, "the access log is missing: nothing was checked"
     assert leaked(output) == []
+
+
+def test_the_app_role_starts_the_service_without_applying_the_schema(
+    app_role_url, make_app, caplog
+):
+    client = make_app(DISTRIBMAIL_DATABASE_URL=app_role_url).test_client()
+    response = client.post("/webhooks/brevo", json=event(), headers=bearer(TEST_TOKENS[0]))
+    assert response.get_json()["stored"] == 1
+    assert "schema not applied: this user does not own the tables" in caplog.text
+
+
+def test_db_init_as_the_app_role_says_to_run_it_as_the_owner(app_role_url, monkeypatch, capsys):
+    from distribmail.cli import main
+
+    monkeypatch.setenv("DISTRIBMAIL_DATABASE_URL", app_role_url)
+    assert main(["db", "init"]) == 2
+    assert "run `distribmail db init` as the owner of the tables" in capsys.readouterr().err
