@@ -113,6 +113,13 @@ def _brevo_events_api(payload: Mapping[str, Any]) -> Details:
     )
 
 
+# Every payload key an extractor reads. A payload stripped of all other keys has the same
+# details (replay relies on it to decode less JSON; a test checks the list).
+DETAIL_KEYS = frozenset(
+    {"subject", "sender_email", "from", "tags", "tag", "reason", "link", "sending_ip", "ip",
+     "user_agent", "device_used"}
+)  # fmt: skip
+
 EXTRACTORS: Mapping[tuple[str, str], Callable[[Mapping[str, Any]], Details]] = MappingProxyType(
     {
         ("brevo", "webhook"): _brevo_webhook,

@@ -1,9 +1,11 @@
-"""Replay's two table-level steps: compare the rebuilt projection with the live one, and
-swap it in under the names schema.sql declares.
+"""Replay's table-level steps: index the rebuilt projection like the live one, compare the
+two, and swap the rebuilt one in under the names schema.sql declares.
 
-`messages_rebuild` is created LIKE messages INCLUDING ALL, so PostgreSQL names its
-indexes and index-backed constraints after itself (messages_rebuild_pkey,
-messages_rebuild_sent_at_id_idx ...). After the swap they must carry the live names again
+`messages_rebuild` is created LIKE messages without its indexes: filling it by COPY and
+building each index once afterwards (a sort) costs much less than maintaining four
+indexes row by row. `index_like_live` then creates, for each live index or index-backed
+constraint, one with the same definition under a name of the rebuild's
+(messages_rebuild_idx1 ...). After the swap they must carry the live names again
 (messages_pkey, messages_sent_idx ...), or the next `CREATE INDEX IF NOT EXISTS` in
 schema.sql would build a duplicate. We pair each rebuilt index with the live index that
 has the same definition, rather than hard-coding names here that would drift from
@@ -33,6 +35,7 @@ def _sql(statement: str) -> str:
 _INDEXES = _sql(
     """
     SELECT c.relname AS index_name, con.conname AS constraint_name,
+           pg_get_constraintdef(con.oid) AS constraint_definition,
            i.indisprimary AS is_primary, i.indisunique AS is_unique,
            regexp_replace(pg_get_indexdef(i.indexrelid), '^.*? USING ', '') AS definition
       FROM pg_index i
@@ -76,6 +79,7 @@ _STATUS_CHANGES = _sql(
 class _Index:
     index_name: str
     constraint_name: str | None
+    constraint_definition: str | None  # "PRIMARY KEY (id)": how to add it again
     is_primary: bool
     is_unique: bool
     definition: str
@@ -104,6 +108,24 @@ def _pairs(live: list[_Index], rebuilt: list[_Index]) -> list[tuple[_Index, _Ind
         unpaired.remove(new)
         pairs.append((old, new))
     return pairs
+
+
+def index_like_live(conn: psycopg.Connection[Any]) -> None:
+    """Build on the rebuilt table every index and index-backed constraint of the live one,
+    same definitions (so that swap_tables pairs them), names of the rebuild's own."""
+    rebuild = sql.Identifier(REBUILD_TABLE)
+    for n, index in enumerate(_indexes(conn, LIVE_TABLE), start=1):
+        name = sql.Identifier(f"{REBUILD_TABLE}_idx{n}")
+        if index.constraint_name is not None and index.constraint_definition is not None:
+            statement = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                rebuild, name, sql.SQL(index.constraint_definition)
+            )
+        else:
+            unique = sql.SQL("UNIQUE " if index.is_unique else "")
+            statement = sql.SQL("CREATE {}INDEX {} ON {} USING {}").format(
+                unique, name, rebuild, sql.SQL(index.definition)
+            )
+        conn.execute(statement)
 
 
 def swap_tables(conn: psycopg.Connection[Any]) -> None:

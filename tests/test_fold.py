@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from query.fold import LoggedEvent, MessageState, fold
-from query.logged import details_of, parse_tags
+from query.logged import DETAIL_KEYS, details_of, parse_tags
 from query.statuses import BREVO_EVENTS_API_NAMES, BREVO_WEBHOOK_NAMES, Status
 
 T0 = datetime(2026, 3, 8, 1, 5, 0, 250_000, tzinfo=UTC)
@@ -344,6 +344,26 @@ def test_real_payload_folds_to_its_event_s_status(record: dict[str, Any]) -> Non
     assert step.payloads == (payload,)
     assert step.link == (payload.get("link") or None)
     assert step.reason == (payload.get("reason", "").strip() or None)
+
+
+class _Spy(dict[str, Any]):
+    """A payload that remembers which keys were read."""
+
+    read: set[str]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize("source", ["webhook", "api"])
+def test_details_read_only_the_detail_keys(source: str) -> None:
+    # Replay strips every other key from the payloads it folds (query.projection).
+    spy = _Spy({key: "x" for key in [*DETAIL_KEYS, "event", "email", "ts_epoch"]})
+    spy.read = set()
+    logged = _fixture_row(1, {"message-id": f"<{MID}>", "email": RCPT})
+    details_of(replace(logged, source=source, payload=spy))
+    assert spy.read and spy.read <= DETAIL_KEYS
 
 
 def test_real_payload_details() -> None:

@@ -11,18 +11,22 @@ import sys
 import threading
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import given, settings
 
 from ingest.database import apply_schema
+from query.logged import DETAIL_KEYS
 from query.progress import StderrProgress
-from query.projection import message_key_id
+from query.projection import UNREAD_KEYS, message_key_id, message_row
 from query.projector import Projector, drain
 from query.replay import REPLAY_LOCK_KEY, ReplayRunning, replay, run_replay
 from tests import test_projector
 from tests.payloads import event
+from tests.test_fold import messages
 from tests.test_projector import (
     append_all,
     folded_from_the_log,
@@ -67,6 +71,36 @@ def test_rebuilt_projection_equals_the_live_one(receiver, folder, db, database_u
     keyed = db.execute("SELECT count(*) FROM events WHERE message_id IS NOT NULL").fetchone()[0]
     assert (report.events, report.messages, report.dry_run) == (keyed, len(live), False)
     assert not table_exists(db, "messages_rebuild")
+
+
+def test_workers_fold_the_same_projection(receiver, folder, db, database_url):
+    append_all(receiver, random_requests(11))
+    drain(folder, batch_size=7)
+    live, before = projection(db), indexes(db)
+
+    report = replay(database_url, workers=3)  # key ranges cut from a sample of the log
+
+    assert projection(db) == live
+    assert report.messages == len(live)
+    assert indexes(db) == before  # built after the COPY, renamed by the swap
+
+
+def test_trimmed_payloads_fold_to_the_same_row():
+    assert not set(UNREAD_KEYS) & DETAIL_KEYS
+
+    @settings(deadline=None, max_examples=300)
+    @given(messages(max_size=16))
+    def same_row(rows):
+        if not rows:
+            return
+        trimmed = [
+            replace(r, payload={k: v for k, v in r.payload.items() if k not in UNREAD_KEYS})
+            for r in rows
+        ]
+        key = (rows[0].provider, rows[0].message_id, rows[0].recipient)
+        assert message_row(key, trimmed) == message_row(key, rows)
+
+    same_row()
 
 
 def test_schema_stays_idempotent_after_the_swap(receiver, folder, db, database_url):
