@@ -243,8 +243,11 @@ def _fold_in_workers(
     url: str, exported: str, cuts: list[Bound], fetch_size: int, total: int,
     progress: Progress | None,
 ) -> tuple[int, int]:  # fmt: skip
-    """One process per key range (spawned: no connection of ours crosses a fork)."""
-    context = multiprocessing.get_context("spawn")
+    """One process per key range. Forked, so that they start at once and whatever the
+    main module: a child opens connections of its own and never touches the ones it
+    inherits, and multiprocessing ends it with os._exit, so no finalizer of the parent's
+    connections runs in it (which would close their sockets under the parent)."""
+    context = multiprocessing.get_context("fork")
     results = context.Queue()
     edges: list[Bound | None] = [None, *cuts, None]
     counters = [context.Value("q", 0, lock=False) for _ in range(len(edges) - 1)]
