@@ -128,10 +128,46 @@ def index_like_live(conn: psycopg.Connection[Any]) -> None:
         conn.execute(statement)
 
 
+# The live table's grants to other roles (PUBLIC as grantee 0): a table made LIKE another
+# copies none, so a role the service runs as (schema.sql's distribmail_app, an admin's
+# read-only role) would lose the projection at the first replay.
+_SELECT_GRANTS = _sql(f"""
+    SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE a.grantee::regrole::text END AS grantee,
+           a.privilege_type, a.is_grantable
+      FROM pg_class AS c, aclexplode(c.relacl) AS a
+     WHERE c.oid = '{LIVE_TABLE}'::regclass AND a.grantee <> c.relowner
+""")
+_PRIVILEGES = {"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER",
+               "MAINTAIN"}  # fmt: skip
+
+
+def _grant_statements(conn: psycopg.Connection[Any]) -> list[sql.Composed]:
+    statements = []
+    for row in conn.execute(_SELECT_GRANTS).fetchall():
+        grantee, privilege, grantable = _values(row)
+        if privilege not in _PRIVILEGES:
+            continue
+        statements.append(
+            sql.SQL("GRANT {} ON {} TO {}{}").format(
+                sql.SQL(privilege),
+                sql.Identifier(LIVE_TABLE),
+                sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+                sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            )
+        )
+    return statements
+
+
+def _values(row: Any) -> tuple[Any, ...]:
+    return tuple(row.values()) if isinstance(row, dict) else tuple(row)
+
+
 def swap_tables(conn: psycopg.Connection[Any]) -> None:
     """Inside the caller's transaction (which holds the lock): drop the live table, put
-    the rebuilt one in its place, give its indexes and constraints the live names."""
+    the rebuilt one in its place with the live one's grants, and give its indexes and
+    constraints the live names."""
     pairs = _pairs(_indexes(conn, LIVE_TABLE), _indexes(conn, REBUILD_TABLE))
+    grants = _grant_statements(conn)
     try:
         conn.execute(_DROP_LIVE)
     except psycopg.errors.DependentObjectsStillExist as e:
@@ -140,6 +176,8 @@ def swap_tables(conn: psycopg.Connection[Any]) -> None:
             " or constraints that depend on it (schema.sql recreates ours), then replay."
         ) from e
     conn.execute(_RENAME_REBUILD)
+    for grant in grants:
+        conn.execute(grant)
     table = sql.Identifier(LIVE_TABLE)
     for old, new in pairs:
         if new.constraint_name is not None and old.constraint_name is not None:

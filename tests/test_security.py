@@ -313,12 +313,6 @@ def test_the_app_role_does_the_service_s_work(app_role_url, make_app, db):
     assert detail.status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="query/swap.py swap_tables: the rebuilt `messages` is made with CREATE TABLE ... "
-    "(LIKE messages INCLUDING ALL), which copies no privileges: after a replay, "
-    "distribmail_app cannot read or write the projection until schema.sql is applied again",
-)
 def test_the_app_role_keeps_its_privileges_after_a_replay(app_role_url, database_url, make_app):
     client = make_app(DISTRIBMAIL_DATABASE_URL=app_role_url,
                       DISTRIBMAIL_SCHEMA_APPLIED_TO=app_role_url).test_client()  # fmt: skip
