@@ -142,6 +142,13 @@ class Receiver:
                 log.warning("database unavailable, spooling %d event(s): %s", len(payloads), e)
                 with self._lock:
                     self._down_until = time.monotonic() + DOWN_BACKOFF_SECONDS
+            except RecursionError:
+                raise
+            except Exception:
+                # A bug, or a row the database refuses: keep the events on disk rather than
+                # answer 5xx (Brevo would discard them). The drain retries, and sets a file
+                # that keeps failing aside for an operator (ingest.spool).
+                log.exception("could not append %d event(s); spooling them", len(payloads))
         receipt = self._spool(SpooledRequest(provider_name, source, received_at, payloads))
         return self._observed(provider_name, payloads, events, receipt)
 

@@ -55,9 +55,10 @@ def test_spooled_events_keep_their_receive_time(tmp_path, database_url, make_app
     received = datetime(2026, 3, 8, 1, 5, tzinfo=UTC)
     spool.write(SpooledRequest("brevo", "webhook", received, [event()]))
     make_app(DISTRIBMAIL_DATA_DIR=str(tmp_path / "data"))
-    assert wait_until(lambda: db.execute("SELECT count(*) FROM events").fetchone()[0] == 1)
+    # The file goes only after the commit: wait for both.
+    assert wait_until(lambda: spool.pending() == [])
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 1
     assert db.execute("SELECT received_at FROM events").fetchone()[0] == received
-    assert spool.pending() == []
 
 
 def test_spool_unwritable_and_database_down_is_429(stoppable, make_app, auth_headers, tmp_path):
@@ -113,3 +114,34 @@ def test_a_file_locked_by_another_drainer_is_skipped(tmp_path):
     assert spool.drain(seen.append, lambda e: False) == 1
     assert len(seen) == 1
     assert spool.pending() == []
+
+
+def test_a_row_the_database_refuses_is_spooled_not_answered_500(
+    make_app, database_url, db, auth_headers, tmp_path
+):
+    # An admin's constraint, say, that refuses one recipient: a real refusal by PostgreSQL.
+    db.execute(
+        "CREATE FUNCTION refuse_x() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF NEW.recipient = 'refused@example.com' THEN RAISE EXCEPTION 'refused by test';"
+        " END IF; RETURN NEW; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER refuse_x BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_x()"
+    )
+    data = tmp_path / "refusing"
+    client = make_app(
+        DISTRIBMAIL_DATA_DIR=str(data), DISTRIBMAIL_SPOOL_DRAIN_EVERY="3600"
+    ).test_client()
+    response = client.post(
+        "/webhooks/brevo", json=[event(), event(email="refused@example.com")], headers=auth_headers
+    )
+    assert response.status_code == 200
+    assert response.get_json()["spooled"] == 2
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 0  # all or nothing
+
+    db.execute("DROP TRIGGER refuse_x ON events")
+    spool = Spool(data / "spool")
+    receiver = client.application.extensions["distribmail.receiver"]
+    assert receiver.drain_spool() == 1
+    assert spool.pending() == []
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 2
