@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.providers.brevo import normalize
+from ingest.settings import IngestSettings
 from tests.payloads import event
 from tests.servers import Served
 
@@ -184,9 +185,16 @@ class Log:
         ).fetchone()[0]
 
 
+DEFAULT_MAX_BODY = IngestSettings().max_body
+
+
 def check_answer(body: bytes, status: int, answer: Any, log: Log, rows_before: int) -> Counter[str]:
     """Assert the contract for one body; returns its figures for the tally."""
     assert status < 500, (status, answer, body[:200])
+    if len(body) > DEFAULT_MAX_BODY:
+        assert status == 413, (status, answer, len(body))
+        assert log.rows() == rows_before
+        return Counter(bodies_too_large=1)
     wanted = expected_events(body)
     # Nesting near Python's recursion limit may be read by json, then be too deep to
     # store: the receiver may refuse it (400) but must not fail.
