@@ -152,6 +152,26 @@ def _describe(errors: dict[str, Any]) -> str:
     return "; ".join(f"{name}: {' '.join(map(str, msgs))}" for name, msgs in sorted(errors.items()))
 
 
+def key_problems(
+    event: str | None,
+    message_id: str | None,
+    recipient: str | None,
+    known: frozenset[str],
+    message_id_field: str,
+) -> list[str]:
+    """Why an event cannot be folded, as far as its keys go (both Brevo shapes)."""
+    problems = []
+    if event is None:
+        problems.append("no event name")
+    elif event not in known:
+        problems.append(f"unknown event {event!r}")
+    if message_id is None:
+        problems.append(f"no {message_id_field}")
+    if recipient is None:
+        problems.append("no recipient")
+    return problems
+
+
 def normalize(payload: dict[str, Any], source: str = "webhook") -> NormalizedEvent:
     """Key one webhook payload. Never raises: what we cannot read is flagged, not refused."""
     if source == "api":
@@ -168,14 +188,7 @@ def normalize(payload: dict[str, Any], source: str = "webhook") -> NormalizedEve
     event = storable_text(loaded["event"]) if loaded.get("event") is not None else None
     event_at = event_time(loaded)
 
-    if event is None:
-        problems.append("no event name")
-    elif event not in KNOWN_EVENTS:
-        problems.append(f"unknown event {event!r}")
-    if message_id is None:
-        problems.append("no message-id")
-    if recipient is None:
-        problems.append("no recipient")
+    problems += key_problems(event, message_id, recipient, KNOWN_EVENTS, "message-id")
     if event_at is None:
         problems.append("no usable time")
 

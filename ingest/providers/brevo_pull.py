@@ -16,7 +16,12 @@ from types import MappingProxyType
 from typing import Any
 
 from ingest.events import NormalizedEvent, storable_text
-from ingest.providers.brevo import NAME, normalize_message_id, normalize_recipient
+from ingest.providers.brevo import (
+    NAME,
+    key_problems,
+    normalize_message_id,
+    normalize_recipient,
+)
 
 SOURCE = "api"
 
@@ -79,14 +84,7 @@ def normalize(payload: dict[str, Any], source: str = SOURCE) -> NormalizedEvent:
     event_at = event_time(raw_date) if raw_date is not None else None
     link = _text(payload, "link", problems)
 
-    if event is None:
-        problems.append("no event name")
-    elif event not in KNOWN_EVENTS:
-        problems.append(f"unknown event {event!r}")
-    if message_id is None:
-        problems.append("no messageId")
-    if recipient is None:
-        problems.append("no recipient")
+    problems += key_problems(event, message_id, recipient, KNOWN_EVENTS, "messageId")
     if raw_date is not None and event_at is None:
         problems.append(f"date {raw_date[:40]!r} is not an ISO 8601 date-time")
     elif event_at is None:
