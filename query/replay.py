@@ -43,6 +43,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import queue
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,8 +133,17 @@ _COUNT_EVENTS = _sql(
            (SELECT count(*) FROM events WHERE {_KEYED}) AS n
     """
 )
-_SAMPLE_KEYS = _sql(
-    f"SELECT provider, message_id FROM events TABLESAMPLE SYSTEM (:percent) WHERE {_KEYED}"
+# The first key of each but the first of `parts` equal slices of a sample of the log's
+# pages: the boundaries come back, not the sample.
+_SPLIT_KEYS = _sql(
+    f"""
+    SELECT DISTINCT ON (part) provider, message_id
+      FROM (SELECT provider, message_id,
+                   ntile(:parts) OVER (ORDER BY provider, message_id) AS part
+              FROM events TABLESAMPLE SYSTEM (:percent) WHERE {_KEYED}) AS sample
+     WHERE part > 1
+     ORDER BY part, provider, message_id
+    """
 )
 # A range of (provider, message_id) is a set of whole messages (the key's first columns).
 _FROM, _BELOW = "(provider, message_id) >= (%s, %s)", "(provider, message_id) < (%s, %s)"
@@ -215,9 +225,8 @@ def _split(reader: psycopg.Connection[Any], total: int, parts: int) -> list[Boun
     from a sample of its pages (a boundary only has to exist, not to be exact)."""
     percent = min(100.0, 100.0 * SPLIT_SAMPLE / max(total, 1))
     with reader.cursor(row_factory=tuple_row) as cur:
-        keys = sorted(cur.execute(_SAMPLE_KEYS, {"percent": percent}).fetchall())  # type: ignore[call-overload]
-    cuts = {keys[len(keys) * n // parts] for n in range(1, parts)} if keys else set()
-    return sorted(cuts)
+        cur.execute(_SPLIT_KEYS, {"parts": parts, "percent": percent})  # type: ignore[call-overload]
+        return sorted(set(cur.fetchall()))
 
 
 def _worker(
@@ -268,7 +277,7 @@ def _fold_in_workers(
                 progress(sum(counter.value for counter in counters), total)
             try:
                 answers.append(results.get(timeout=0.25))
-            except Exception:  # queue.Empty: nothing yet
+            except queue.Empty:
                 if not any(p.is_alive() for p in processes) and results.empty():
                     raise DistribmailError("a replay worker died without an answer") from None
     finally:
