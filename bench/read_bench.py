@@ -93,7 +93,10 @@ def measure_size(args: argparse.Namespace, servers: Servers, url: str, r: SizeRe
     for n in range(1, args.replays + 1):
         say(f"bench: replay {n}/{args.replays} of {r.size:,} events")
         r.replays.append(run_replay(url))
-        say(f"bench:   {r.replays[-1].per_s:,.0f} events/s, peak {r.replays[-1].peak_mib:.0f} MiB")
+        last = r.replays[-1]
+        say(f"bench:   {last.per_s:,.0f} events/s in {last.seconds:.1f} s, peak"
+            f" {last.peak_mib:.0f} MiB (workers {last.workers_peak_mib:.0f} MiB),"
+            f" {last.caught_up} caught up; KiB after each step: {last.step_peaks}")  # fmt: skip
     r.loads.append(f"replay: {machine_load()}")
 
     env = {"DISTRIBMAIL_API_TOKENS": api_token, "DISTRIBMAIL_PROJECTOR": "off",

@@ -48,6 +48,8 @@ class ReplayRun:
     peak_mib: float  # the replay process's VmHWM
     workers_peak_mib: float  # the largest of its worker processes, 0 without workers
     start_mib: float  # its VmHWM after the imports, before replaying
+    caught_up: int  # messages re-folded after the rebuild (changed since its snapshot)
+    step_peaks: dict[str, int]  # KiB: its VmHWM after each step of the replay
 
     @property
     def per_s(self) -> float:
@@ -66,6 +68,7 @@ def run_replay(url: str) -> ReplayRun:
     return ReplayRun(
         answer["events"], answer["messages"], answer["seconds"], answer["peak_kib"] / 1024,
         answer["children_peak_kib"] / 1024, answer["peak_kib_before"] / 1024,
+        answer["caught_up"], answer["peak_kib_after"],
     )  # fmt: skip
 
 

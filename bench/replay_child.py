@@ -2,10 +2,11 @@
 
     python bench/replay_child.py URL
 
-The read bench starts this in a subprocess so that the peak resident memory (VmHWM,
-`ru_maxrss`) is the replay's alone, not the bench's with its generated events. Memory is
-read before the replay too (after the imports), so the growth due to the log is visible;
-processes the replay starts (if any) are counted through RUSAGE_CHILDREN.
+The read bench starts this in a subprocess so that the peak resident memory (VmHWM) is
+the replay's alone, not the bench's with its generated events. Memory is read before the
+replay too (after the imports), and after each of its steps, so a growth shows where it
+comes from; the worker processes it forks are counted through RUSAGE_CHILDREN (the
+largest one's ru_maxrss: they do not exec, so that figure is theirs).
 """
 
 from __future__ import annotations
@@ -14,17 +15,45 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 
+import query.replay
 from query.replay import replay
 
+# VmHWM after each step of the replay, to tell which one a growth of the peak comes from.
+STEPS = ("_split", "_fold_in_workers", "_fold_range", "index_like_live", "_catch_up_unlocked",
+         "_swap")  # fmt: skip
+peaks: dict[str, int] = {}
 
-def _peak_kib(who: int) -> int:
-    return resource.getrusage(who).ru_maxrss  # KiB on Linux
+
+def _traced(name: str) -> None:
+    step = getattr(query.replay, name)
+
+    def run(*args: object, **kwargs: object) -> object:
+        try:
+            return step(*args, **kwargs)
+        finally:
+            peaks[name] = _peak_kib()
+
+    setattr(query.replay, name, run)
+
+
+for _name in STEPS:
+    _traced(_name)
+
+
+def _peak_kib() -> int:
+    """This process's VmHWM. Not ru_maxrss: Linux carries that across exec, so a child of
+    a big bench process would report the bench's size, not its own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def main() -> int:
     url = sys.argv[1]
-    before = _peak_kib(resource.RUSAGE_SELF)
+    before = _peak_kib()
     started = time.perf_counter()
     report = replay(url)
     seconds = time.perf_counter() - started
@@ -36,9 +65,10 @@ def main() -> int:
         "caught_up": report.caught_up,
         "seconds": seconds,
         "peak_kib_before": before,
-        "peak_kib": _peak_kib(resource.RUSAGE_SELF),
+        "peak_kib": _peak_kib(),
         "children_peak_kib": children.ru_maxrss,
         "cpu_seconds": times.ru_utime + times.ru_stime + children.ru_utime + children.ru_stime,
+        "peak_kib_after": peaks,
     }
     print(json.dumps(answer), flush=True)
     return 0
