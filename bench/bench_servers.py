@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,27 @@ class Servers:
         if self._pg is not None:
             self._pg.cleanup()  # stops the server and deletes its folder
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    # Turn SIGTERM into SystemExit so that the `finally` stopping the servers runs.
+    raise SystemExit(128 + signum)
+
+
+def run_then_stop(servers: Servers, run: Callable[[], int]) -> int:
+    """Run a bench and stop its servers however it ends (done, Ctrl-C, SIGTERM, error)."""
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    started = time.monotonic()
+    try:
+        return run()
+    except KeyboardInterrupt:
+        say("bench: interrupted")
+        return 130
+    finally:
+        say("bench: stopping servers")
+        servers.close()
+        say(f"bench: {time.monotonic() - started:.0f} s in all")

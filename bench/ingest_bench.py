@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -22,12 +21,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import copy_ceiling
 import psycopg
 from bench_events import EventMaker, base_ts_ms
-from bench_servers import Servers
+from bench_servers import Servers, run_then_stop, say
 from cpu_meter import CpuMeter, CpuSplit, machine_busy_percent
 from loadgen_steady import SteadyResult, run_steady
 from loadgen_wrk import LoadResult, WrkMissing, run_wrk, wrk_path
@@ -74,15 +72,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="folder for py-spy flame graphs of the receiver's workers (figures then skew)",
     )
     return p.parse_args(argv)
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Turn SIGTERM into SystemExit so that the `finally` stopping the servers runs.
-    raise SystemExit(128 + signum)
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -362,18 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     except WrkMissing as e:
         say(f"bench: {e}")
         return 2
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     servers = Servers(args.workers, args.threads)
-    started = time.monotonic()
-    try:
-        return run_bench(args, servers)
-    except KeyboardInterrupt:
-        say("bench: interrupted")
-        return 130
-    finally:
-        say("bench: stopping servers")
-        servers.close()
-        say(f"bench: {time.monotonic() - started:.0f} s in all")
+    return run_then_stop(servers, lambda: run_bench(args, servers))
 
 
 if __name__ == "__main__":

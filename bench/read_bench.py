@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import signal
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 
-from bench_servers import Servers, stop_process
-from ingest_bench import _raise_on_sigterm, machine_load, say, wait_for_quiet
+from bench_servers import Servers, run_then_stop, say, stop_process
+from ingest_bench import machine_load, wait_for_quiet
 from read_log import load
 from read_phases import (
     REPO,
@@ -206,34 +205,28 @@ def report(args: argparse.Namespace, results: list[SizeResult]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     servers = Servers(workers=2, threads=8)
-    started = time.monotonic()
+    return run_then_stop(servers, lambda: run_sizes(args, servers))
+
+
+def run_sizes(args: argparse.Namespace, servers: Servers) -> int:
     results: list[SizeResult] = []
-    try:
-        say(f"bench: folder {servers.folder}")
-        wait_for_quiet(args.quiet_wait)
-        url = servers.start_database()
-        apply_schema(url)
-        events = messages = 0
-        for size in args.sizes:
-            r = SizeResult(size)
-            say(f"bench: growing the log to {size:,} events")
-            t = time.perf_counter()
-            added, new = load(url, f"s{size}", size - events, args.days, first_message=messages)
-            r.load_seconds = time.perf_counter() - t
-            events, messages = events + added, messages + new
-            r.messages = messages
-            measure_size(args, servers, url, r)
-            results.append(r)
-        return report(args, results)
-    except KeyboardInterrupt:
-        say("bench: interrupted")
-        return 130
-    finally:
-        say("bench: stopping servers")
-        servers.close()
-        say(f"bench: {time.monotonic() - started:.0f} s in all")
+    say(f"bench: folder {servers.folder}")
+    wait_for_quiet(args.quiet_wait)
+    url = servers.start_database()
+    apply_schema(url)
+    events = messages = 0
+    for size in args.sizes:
+        r = SizeResult(size)
+        say(f"bench: growing the log to {size:,} events")
+        t = time.perf_counter()
+        added, new = load(url, f"s{size}", size - events, args.days, first_message=messages)
+        r.load_seconds = time.perf_counter() - t
+        events, messages = events + added, messages + new
+        r.messages = messages
+        measure_size(args, servers, url, r)
+        results.append(r)
+    return report(args, results)
 
 
 if __name__ == "__main__":
