@@ -137,3 +137,24 @@ def test_configured_secrets_are_collected_from_the_environment():
     assert {"tok-one", "tok-two", "pass-word", "pg-pass"} <= found
     assert "Europe/Paris" not in found
     assert Redactor(found)("tok-two and pass-word") == "[redacted] and [redacted]"
+
+
+@pytest.mark.parametrize(
+    ("path", "request_id", "secret"),
+    [
+        (f"/api/messages/{API_TOKEN}", "req-plain-0001", API_TOKEN),
+        ("/webhooks/password=hunter2-secret", "req-plain-0002", "hunter2-secret"),
+        ('/x/token="quoted-secret-1"', "req-plain-0003", "quoted-secret-1"),
+        ("/healthz", f"id-{API_TOKEN}", API_TOKEN),
+        ("/healthz", "postgresql://app:id-secret-99@db/x", "id-secret-99"),
+    ],
+    ids=["token-in-path", "password-in-path", "quoted-in-path", "token-in-id", "url-in-id"],
+)
+def test_the_request_line_keeps_secrets_out_of_its_fields(app, capsys, path, request_id, secret):
+    capsys.readouterr()
+    app.test_client().get(path, headers={"X-Request-Id": request_id})
+    output = capsys.readouterr().err
+    assert secret not in output
+    (line,) = [d for d in json_lines(output) if d["logger"] == "distribmail.access"]
+    assert "[redacted]" in line["path"] + line["request_id"] + line["message"]
+    assert line["method"] == "GET" and isinstance(line["status"], int)
