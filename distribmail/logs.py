@@ -158,7 +158,7 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or _request_id.get()
         if request_id:
             document["request_id"] = request_id
-        scrubbed_by, fields = getattr(record, PRESCRUBBED, (None, None))
+        scrubbed_by, fields = getattr(record, PRESCRUBBED, (None, {}))
         if scrubbed_by is self.redact and not record.exc_info and not record.stack_info:
             document.update(fields)
             return _encode(document)
@@ -294,7 +294,7 @@ def install_logging(app: Flask, env: Mapping[str, str]) -> None:
         # makeRecord and handle, as Logger.info does, less the search for the caller's
         # file and line, which this line never shows.
         record = access.makeRecord(
-            access.name, logging.INFO, __file__, 0, message, None, None, "finish_request", extra
+            access.name, logging.INFO, __file__, 0, message, (), None, "finish_request", extra
         )
         access.handle(record)
         return response
