@@ -57,7 +57,7 @@ from query.api_schemas import (
     load_query,
 )
 from query.reads import Filters, Page, count_messages, get_message, list_messages, status_of
-from query.screen_auth import ScreenAuth, safe_next
+from query.screen_auth import ScreenAuth, ScreenSessions, safe_next
 from query.screen_csv import csv_lines
 from query.screen_text import (
     DEFAULT_LANG,
@@ -114,6 +114,7 @@ def mount_screen(app: Flask, env: Mapping[str, str], url: str) -> Screen:
     screen = Screen(pool, settings, auth, version)
     app.extensions[SCREEN] = screen
     app.secret_key = auth.secret_key
+    app.session_interface = ScreenSessions(f"{bp.name}.")
     app.config.update(
         SESSION_COOKIE_NAME="distribmail_session",
         SESSION_COOKIE_HTTPONLY=True,

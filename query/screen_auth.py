@@ -6,6 +6,10 @@ signed with the secret key (DISTRIBMAIL_SECRET_KEY, else one generated once into
 folder, so that sessions survive a restart and every worker signs alike), HttpOnly and
 SameSite=Strict. SameSite=Strict is also what protects the POST forms (logout) from other
 sites: the browser does not send the cookie on a cross-site request at all.
+
+Only the screen's pages use the session, and the other routes (webhooks above all) are
+the busy ones: `ScreenSessions` opens it only for a path the screen serves, and builds its
+signing serializer once rather than on every request, as Flask's own interface does.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from flask import Flask, Request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 
 from ingest.secret_files import load_or_create
 from ingest.settings import env_str
@@ -79,3 +88,43 @@ def safe_next(target: str | None) -> str | None:
     if any(ch in target for ch in "\r\n\t"):
         return None
     return target
+
+
+class ScreenSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, opened only on the paths of the endpoints whose names
+    start with `endpoint_prefix` (a blueprint's); everywhere else Flask gets a null session,
+    which it never reads from a cookie nor saves."""
+
+    def __init__(self, endpoint_prefix: str) -> None:
+        self.endpoint_prefix = endpoint_prefix
+        # The first segments of those endpoints' paths ("" for "/"), read from the app's URL
+        # map on the first request (it is complete by then); None: every path.
+        self._segments: frozenset[str] | None = None
+        self._mapped = False
+        self._serializer: tuple[tuple[Any, ...], URLSafeTimedSerializer | None] | None = None
+
+    def _first_segments(self, app: Flask) -> frozenset[str] | None:
+        segments = set()
+        for rule in app.url_map.iter_rules():
+            if rule.endpoint.startswith(self.endpoint_prefix):
+                segment = rule.rule.split("/", 2)[1]
+                if "<" in segment or rule.host or rule.subdomain:
+                    return None  # a variable first segment: it may be any path
+                segments.add(segment)
+        return frozenset(segments)
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not self._mapped:
+            self._segments = self._first_segments(app)
+            self._mapped = True
+        if self._segments is not None and request.path.split("/", 2)[1] not in self._segments:
+            return None  # not one of ours: Flask makes a null session
+        return super().open_session(app, request)
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        # Built again only when the key (or its fallbacks) changed since.
+        keys = (app.secret_key, *(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        cached = self._serializer
+        if cached is None or cached[0] != keys:
+            cached = self._serializer = (keys, super().get_signing_serializer(app))
+        return cached[1]
