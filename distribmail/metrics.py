@@ -34,9 +34,8 @@ import logging
 import os
 import threading
 import time
-from collections import Counter as Tally
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +127,16 @@ class _Metrics:
     reconcile_runs: Counter
     reconcile_failures: Counter
     reconcile_events: Counter
+    # Labelled children by their label values: prometheus_client's .labels() checks and
+    # converts its arguments on every call, and the busy paths ask for the same few.
+    children: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    def child(self, metric: Counter | Histogram, *values: str) -> Any:
+        key = (metric, *values)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*values)
+        return found
 
 
 _metrics: _Metrics | None = None
@@ -183,8 +192,12 @@ def _get() -> _Metrics:
 # --- webhook events ------------------------------------------------------------------------
 
 
-def _event_label(provider: str, name: str | None) -> str:
+def _known_events(provider: str) -> frozenset[str]:
     known: frozenset[str] = getattr(PROVIDERS.get(provider), "KNOWN_EVENTS", frozenset())
+    return known
+
+
+def _event_label(known: frozenset[str], name: str | None) -> str:
     return name if name is not None and name in known else "other"
 
 
@@ -210,13 +223,20 @@ def _count_receipt(
     if events is None:  # spooled before normalizing: only the (rare) spool path pays this
         normalize = PROVIDERS[provider].normalize
         events = [normalize(p, "webhook") for p in payloads]
-    names = Tally(_event_label(provider, e.event) for e in events)
-    flagged = Tally(_event_label(provider, e.event) for e in events if e.problem)
-    counter = _get().events
+    known = _known_events(provider)
+    names: dict[str, int] = {}  # events of the request by event label
+    flagged: dict[str, int] = {}
+    for event in events:
+        name = _event_label(known, event.event)
+        names[name] = names.get(name, 0) + 1
+        if event.problem:
+            flagged[name] = flagged.get(name, 0) + 1
+    metrics = _get()
+    counter = metrics.events
     for name, n in names.items():
-        counter.labels(provider, name, "received").inc(n)
+        metrics.child(counter, provider, name, "received").inc(n)
     for name, n in flagged.items():
-        counter.labels(provider, name, "flagged").inc(n)
+        metrics.child(counter, provider, name, "flagged").inc(n)
     outcomes = {
         "stored": receipt.stored,
         "duplicate": receipt.duplicates,
@@ -227,9 +247,9 @@ def _count_receipt(
             continue
         if n == receipt.received:  # every event of the request had this outcome
             for name, count in names.items():
-                counter.labels(provider, name, outcome).inc(count)
+                metrics.child(counter, provider, name, outcome).inc(count)
         else:
-            counter.labels(provider, "mixed_batch", outcome).inc(n)
+            metrics.child(counter, provider, "mixed_batch", outcome).inc(n)
 
 
 # --- reconciliation ------------------------------------------------------------------------
@@ -374,7 +394,9 @@ def install_metrics(app: Flask, env: Mapping[str, str]) -> None:
     def time_request(response: Response) -> Response:
         started = g.get("metrics_started")
         if started is not None:
-            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            metrics.latency.labels(route).observe(time.perf_counter() - started)
-            metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+            rule = request.url_rule
+            route = rule.rule if rule is not None else "unmatched"
+            metrics.child(metrics.latency, route).observe(time.perf_counter() - started)
+            status = str(response.status_code)
+            metrics.child(metrics.requests, route, request.method, status).inc()
         return response
