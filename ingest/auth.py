@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +32,12 @@ def _same(given: bytes, expected: bytes) -> bool:
     return hmac.compare_digest(given, expected)
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 def client_address(
     remote_addr: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]
-) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+) -> IPAddress | None:
     """The real client: X-Forwarded-For is believed only when it comes from a trusted proxy,
     read from the right, skipping the trusted proxies themselves."""
     try:
@@ -72,6 +77,21 @@ class WebhookAuth:
             trusted_proxies=settings.trusted_proxies,
         )
 
+    @functools.cached_property
+    def _source(self) -> Callable[[str | None, str | None], tuple[bool, IPAddress | None]]:
+        """Whether a (peer address, X-Forwarded-For) pair is in the allow-list, and the
+        client it names. Remembered: Brevo posts from a few addresses, through the same
+        proxy, and parsing them and testing each range is most of this check's time."""
+
+        @functools.lru_cache(maxsize=4096)
+        def source(
+            remote_addr: str | None, forwarded_for: str | None
+        ) -> tuple[bool, IPAddress | None]:
+            client = client_address(remote_addr, forwarded_for, self.trusted_proxies)
+            return client is not None and any(client in net for net in self.allow), client
+
+        return source
+
     def challenge(self) -> str:
         schemes = (["Bearer"] if self.tokens else []) + (["Basic"] if self.basic else [])
         return ", ".join(f"{scheme} {REALM}" for scheme in schemes or ["Bearer"])
@@ -81,16 +101,17 @@ class WebhookAuth:
     ) -> None:
         """Raise Forbidden (outside the allow-list) or Unauthorized; return when allowed."""
         if self.allow:
-            client = client_address(remote_addr, forwarded_for, self.trusted_proxies)
-            if client is None or not any(client in net for net in self.allow):
+            allowed, client = self._source(remote_addr, forwarded_for)
+            if not allowed:
                 raise Forbidden(f"source address {client} is not allowed to post webhooks")
         scheme, _, value = (authorization or "").strip().partition(" ")
         value = value.strip()
-        if scheme.lower() == "bearer" and value:
+        scheme = scheme.lower()
+        if scheme == "bearer" and value:
             given = value.encode()
             if any([_same(given, token) for token in self.tokens]):  # noqa: C419 (all compared)
                 return
-        elif scheme.lower() == "basic" and value:
+        elif scheme == "basic" and value:
             try:
                 given = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
