@@ -145,6 +145,8 @@ _metrics_lock = threading.Lock()
 
 def _get() -> _Metrics:
     global _metrics
+    if _metrics is not None:  # set once, never unset: no lock needed to read it
+        return _metrics
     with _metrics_lock:
         if _metrics is None:
             from prometheus_client import CollectorRegistry, Counter, Histogram
