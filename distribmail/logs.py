@@ -25,11 +25,12 @@ import json
 import logging
 import os
 import re
+import secrets
 import sys
 import time
-import uuid
 from collections.abc import Iterable, Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -240,6 +241,16 @@ def _app_secrets(app: Flask) -> list[str]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """What the request line needs from the start of its request, kept in one attribute
+    of `g` (each access to `g` goes through a proxy)."""
+
+    given_id: bool  # the id is the client's own, so it is scrubbed before it is logged
+    started: float  # time.perf_counter()
+    token: Token[str | None]  # resets the request id when the request ends
+
+
 def install_logging(app: Flask, env: Mapping[str, str]) -> None:
     """JSON logs for the process, and a request id and a request line for every request.
 
@@ -258,21 +269,19 @@ def install_logging(app: Flask, env: Mapping[str, str]) -> None:
     @app.before_request
     def start_request() -> None:
         given = request.headers.get(REQUEST_ID_HEADER, "")
-        if _SANE_REQUEST_ID.match(given):
-            g.request_id = request_id = given
-            g.request_id_given = True
-        else:
-            g.request_id = request_id = uuid.uuid4().hex
-        g.request_started = time.perf_counter()
-        g.request_id_token = _request_id.set(request_id)
+        sane = _SANE_REQUEST_ID.match(given) is not None
+        request_id = given if sane else secrets.token_hex(16)
+        g.request_id = request_id
+        g.request_served = _Served(sane, time.perf_counter(), _request_id.set(request_id))
 
     @app.after_request
     def finish_request(response: Response) -> Response:
-        request_id = g.get("request_id")
-        if request_id is None:  # before_request did not run (another hook failed first)
+        served: _Served | None = g.get("request_served")
+        if served is None:  # before_request did not run (another hook failed first)
             return response
+        request_id = g.request_id
         response.headers[REQUEST_ID_HEADER] = request_id
-        duration = time.perf_counter() - g.get("request_started", time.perf_counter())
+        duration = time.perf_counter() - served.started
         if not access.isEnabledFor(logging.INFO):
             return response
         # The free text of this line, scrubbed here: the method and the path come from
@@ -287,7 +296,7 @@ def install_logging(app: Flask, env: Mapping[str, str]) -> None:
             "client": client_of(request.remote_addr, request.headers.get("X-Forwarded-For")),
         }
         extra: dict[str, Any] = {**fields, PRESCRUBBED: (redact, fields)}
-        if g.get("request_id_given"):
+        if served.given_id:
             extra["request_id"] = redact.value(request_id)
         # Scrubbed as a whole too: a shape may straddle the method and the path.
         message = redact.value(f"{method} {path} {status}")
@@ -301,9 +310,9 @@ def install_logging(app: Flask, env: Mapping[str, str]) -> None:
 
     @app.teardown_request
     def forget_request(_: BaseException | None) -> None:
-        token = g.pop("request_id_token", None)
-        if token is not None:
-            _request_id.reset(token)
+        served: _Served | None = g.pop("request_served", None)
+        if served is not None:
+            _request_id.reset(served.token)
 
 
 class GunicornLogger(glogging.Logger):  # type: ignore[misc]
