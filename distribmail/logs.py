@@ -296,8 +296,8 @@ def install_logging(app: Flask, env: Mapping[str, str]) -> None:
             "client": client_of(request.remote_addr, request.headers.get("X-Forwarded-For")),
         }
         extra: dict[str, Any] = {**fields, PRESCRUBBED: (redact, fields)}
-        if served.given_id:
-            extra["request_id"] = redact.value(request_id)
+        if served.given_id:  # not remembered: behind nginx every request has its own
+            extra["request_id"] = redact(request_id)
         # Scrubbed as a whole too: a shape may straddle the method and the path.
         message = redact.value(f"{method} {path} {status}")
         # makeRecord and handle, as Logger.info does, less the search for the caller's
