@@ -81,9 +81,11 @@ PRESCRUBBED = "_distribmail_prescrubbed"
 # Built once: json.dumps with arguments builds a new encoder on every call.
 _encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
-# A short value that repeats (a method, a route's path) is scrubbed once, then remembered;
-# past this many the memo starts again, so that made-up paths cannot grow it for ever.
-_MEMO_SIZE = 4096
+# A short value that repeats (a method, a route's path) is scrubbed once, then remembered.
+# Past _MEMO_SIZE values the memo starts again, and a value longer than _MEMO_LONGEST is
+# never kept: made-up paths can neither grow it for ever nor fill it with long ones.
+_MEMO_SIZE = 1024
+_MEMO_LONGEST = 200
 
 
 def current_request_id() -> str | None:
@@ -107,6 +109,8 @@ class Redactor:
     def value(self, text: str) -> str:
         """The same scrubbing, remembered: for short values that repeat (a request's
         method and path)."""
+        if len(text) > _MEMO_LONGEST:
+            return self(text)
         memo = self._memo
         scrubbed = memo.get(text)
         if scrubbed is None:
@@ -262,7 +266,8 @@ def install_logging(app: Flask, env: Mapping[str, str]) -> None:
     trusted = env_networks(env, "TRUSTED_PROXIES")
 
     # A request's client comes from a handful of (address, header) pairs: parsed once each.
-    @functools.lru_cache(maxsize=1024)
+    # (At most 256 of them kept: a header is at most 8 KB under gunicorn.)
+    @functools.lru_cache(maxsize=256)
     def client_of(remote_addr: str | None, forwarded_for: str | None) -> str:
         return str(client_address(remote_addr, forwarded_for, trusted))
 

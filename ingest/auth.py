@@ -81,9 +81,10 @@ class WebhookAuth:
     def _source(self) -> Callable[[str | None, str | None], tuple[bool, IPAddress | None]]:
         """Whether a (peer address, X-Forwarded-For) pair is in the allow-list, and the
         client it names. Remembered: Brevo posts from a few addresses, through the same
-        proxy, and parsing them and testing each range is most of this check's time."""
+        proxy, and parsing them and testing each range is most of this check's time. (At
+        most 256 pairs kept: a header is at most 8 KB under gunicorn.)"""
 
-        @functools.lru_cache(maxsize=4096)
+        @functools.lru_cache(maxsize=256)
         def source(
             remote_addr: str | None, forwarded_for: str | None
         ) -> tuple[bool, IPAddress | None]:

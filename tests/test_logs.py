@@ -158,3 +158,13 @@ def test_the_request_line_keeps_secrets_out_of_its_fields(app, capsys, path, req
     (line,) = [d for d in json_lines(output) if d["logger"] == "distribmail.access"]
     assert "[redacted]" in line["path"] + line["request_id"] + line["message"]
     assert line["method"] == "GET" and isinstance(line["status"], int)
+
+
+def test_remembered_scrubbing_learns_new_secrets_and_keeps_no_long_values():
+    redact = Redactor(["first-secret"])
+    assert redact.value("/x/first-secret") == "/x/[redacted]"
+    assert redact.value("/x/later-secret") == "/x/later-secret"
+    redact.add(["later-secret"])  # a secret learnt afterwards is not missed by the memo
+    assert redact.value("/x/later-secret") == "/x/[redacted]"
+    long_path = "/x/" + "a" * 500 + "/first-secret"
+    assert redact.value(long_path) == redact(long_path) and long_path not in redact._memo
