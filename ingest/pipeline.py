@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool
 from ingest import recorder
 from ingest.errors import BadRequest, DatabaseUnavailable, TryLater
 from ingest.events import NormalizedEvent
+from ingest.group_commit import GroupCommitter
 from ingest.notify import FoldNotifier
 from ingest.providers import PROVIDERS
 from ingest.spool import Spool, SpoolDrainer, SpooledRequest
@@ -108,10 +109,23 @@ class Receiver:
     """Appends a request's events to the log in one transaction, or spools them."""
 
     def __init__(
-        self, pool: ConnectionPool, spool: Spool, notifier: FoldNotifier | None = None
+        self,
+        pool: ConnectionPool,
+        spool: Spool,
+        notifier: FoldNotifier | None = None,
+        writers: int = 1,
+        group_max_events: int = 1000,
     ) -> None:
         self.pool = pool  # autocommit: each append is one statement
         self.spool = spool
+        # Concurrent requests share a transaction (ingest.group_commit); each is still all
+        # or nothing, and answered after its commit.
+        self._committer: GroupCommitter[Sequence[NormalizedEvent], int] = GroupCommitter(
+            lambda groups: recorder.insert_groups(self.pool, groups),
+            fails_all=lambda e: isinstance(e, DatabaseUnavailable),
+            writers=writers,
+            max_size=group_max_events,
+        )
         self.notifier = notifier
         self._down_until = 0.0
         self._lock = threading.Lock()
@@ -182,7 +196,10 @@ class Receiver:
     def append_events(
         self, events: list[NormalizedEvent], received_at: datetime | None = None
     ) -> int:
-        stored = recorder.insert_events(self.pool, events, received_at)
+        if received_at is None:
+            stored = self._committer.submit(events, len(events))
+        else:  # replayed from the spool or pulled: kept apart, with its own receive time
+            stored = recorder.insert_events(self.pool, events, received_at)
         if stored and self.notifier is not None:
             self.notifier.poke()
         return stored

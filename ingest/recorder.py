@@ -1,8 +1,9 @@
 """The log's recorder: the only place on the write side that speaks SQL.
 
-One INSERT ... SELECT FROM unnest(...) per append, so a 500-event batch is one statement,
-one round trip (the pool is in autocommit: a single statement is its own transaction, all
-or nothing, its trigger included) and binary parameters. ON CONFLICT DO NOTHING on the
+One INSERT ... SELECT FROM unnest(...) per append, so a 500-event batch (or a group of
+concurrent requests, ingest.group_commit) is one statement, one round trip (the pool is in
+autocommit: a single statement is its own transaction, all or nothing, its trigger
+included) and binary parameters. ON CONFLICT DO NOTHING on the
 dedup key turns a retransmission into a no-op; rowcount counts only the rows inserted.
 """
 
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from sqlalchemy import text
@@ -45,6 +47,8 @@ _INSERT_SQL, _ = compile_sql(
     )
 )
 _INSERT_EVENTS = binary_parameters(_INSERT_SQL)
+# For a group of requests: which rows were new, to tell each request its own count.
+_INSERT_EVENTS_RETURNING = _INSERT_EVENTS.rstrip() + "\n        RETURNING dedup_key"
 
 _SPELLED_OUT = (
     "payload held characters jsonb cannot store (U+0000, lone surrogates), kept as \\uXXXX text"
@@ -111,18 +115,9 @@ def unique_by_key(events: Sequence[NormalizedEvent]) -> list[NormalizedEvent]:
     return unique
 
 
-def insert_events(
-    pool: ConnectionPool, events: Sequence[NormalizedEvent], received_at: datetime | None = None
-) -> int:
-    """Append in one transaction; return how many were new. Raises DatabaseUnavailable.
-
-    `pool` must be in autocommit mode (ingest.wiring): the INSERT commits by itself.
-    """
-    events = unique_by_key(events)
-    if not events:
-        return 0
+def _parameters(events: Sequence[NormalizedEvent], received_at: datetime | None) -> dict[str, Any]:
     payloads, problems = zip(*(_jsonb(e) for e in events), strict=True)
-    params = {
+    return {
         "received_at": received_at,
         "provider": [e.provider for e in events],
         "source": [e.source for e in events],
@@ -134,6 +129,19 @@ def insert_events(
         "problem": list(problems),
         "payload": list(payloads),
     }
+
+
+def insert_events(
+    pool: ConnectionPool, events: Sequence[NormalizedEvent], received_at: datetime | None = None
+) -> int:
+    """Append in one transaction; return how many were new. Raises DatabaseUnavailable.
+
+    `pool` must be in autocommit mode (ingest.wiring): the INSERT commits by itself.
+    """
+    events = unique_by_key(events)
+    if not events:
+        return 0
+    params = _parameters(events, received_at)
     try:
         ensure_partitions(pool, events)
         with pool.connection() as conn, conn.cursor() as cur:
@@ -141,3 +149,31 @@ def insert_events(
             return cur.rowcount
     except (psycopg.OperationalError, psycopg.InterfaceError) as e:  # PoolTimeout included
         raise DatabaseUnavailable(f"the database did not take the events: {e}") from e
+
+
+def insert_groups(pool: ConnectionPool, groups: Sequence[Sequence[NormalizedEvent]]) -> list[int]:
+    """Append several requests' events in one transaction (ingest.group_commit); return how
+    many of each request's events were new. An event that two requests of the group both
+    carry counts as new for the first one only, as it would had they come one by one."""
+    if len(groups) == 1:
+        return [insert_events(pool, groups[0])]
+    owner: dict[bytes, int] = {}
+    events = []
+    for index, group in enumerate(groups):
+        for e in group:
+            if e.dedup_key not in owner:
+                owner[e.dedup_key] = index
+                events.append(e)
+    stored = [0] * len(groups)
+    if not events:
+        return stored
+    params = _parameters(events, None)
+    try:
+        ensure_partitions(pool, events)
+        with pool.connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as cur:
+            cur.execute(_INSERT_EVENTS_RETURNING, params)  # type: ignore[arg-type]
+            for (key,) in cur:
+                stored[owner[key]] += 1
+    except (psycopg.OperationalError, psycopg.InterfaceError) as e:  # PoolTimeout included
+        raise DatabaseUnavailable(f"the database did not take the events: {e}") from e
+    return stored

@@ -100,6 +100,10 @@ class IngestSettings:
     # Seconds to wait for a database connection before spooling: well under Brevo's timeout.
     db_timeout: float = 3.0
     spool_drain_every: float = 5.0
+    # Group commit (ingest.group_commit): appends in flight at once per process, and the
+    # most events one shared transaction takes.
+    append_writers: int = 1
+    group_max_events: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IngestSettings:
@@ -115,4 +119,6 @@ class IngestSettings:
             pool_size=env_int(env, "POOL_SIZE", 8),
             db_timeout=env_float(env, "DB_TIMEOUT", 3.0),
             spool_drain_every=env_float(env, "SPOOL_DRAIN_EVERY", 5.0),
+            append_writers=env_int(env, "APPEND_WRITERS", 1),
+            group_max_events=env_int(env, "GROUP_MAX_EVENTS", 1000),
         )

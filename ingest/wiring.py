@@ -36,7 +36,13 @@ def build_receiver(settings: IngestSettings, url: str, drain: bool = True) -> Re
     pool = open_pool(
         url, size=settings.pool_size, timeout=settings.db_timeout, name="ingest", autocommit=True
     )
-    receiver = Receiver(pool, Spool(settings.data_dir / "spool"), FoldNotifier(url))
+    receiver = Receiver(
+        pool,
+        Spool(settings.data_dir / "spool"),
+        FoldNotifier(url),
+        writers=settings.append_writers,
+        group_max_events=settings.group_max_events,
+    )
     if drain:
         drainer = SpoolDrainer(receiver.drain_spool, settings.spool_drain_every)
         drainer.start()
