@@ -105,6 +105,14 @@ class IngestSettings:
     append_writers: int = 1
     group_max_events: int = 1000
 
+    def __post_init__(self) -> None:
+        for name, value in (
+            ("APPEND_WRITERS", self.append_writers),
+            ("GROUP_MAX_EVENTS", self.group_max_events),
+        ):
+            if value < 1:
+                raise ConfigError(f"{PREFIX}{name} must be at least 1, not {value}")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> IngestSettings:
         env = os.environ if env is None else env

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from ingest import recorder
+from ingest.errors import ConfigError
 from ingest.providers import PROVIDERS
+from ingest.settings import IngestSettings
 from tests.payloads import event
 
 WAIT = 20
@@ -144,3 +146,22 @@ def test_a_refused_request_in_a_group_is_spooled_and_the_others_are_stored(
     assert stored == {"first@x", "g0@x", "g1@x", "g3@x", "g4@x"}
     # The five were first tried together, then one by one.
     assert group_sizes[:2] == [1, 5]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DISTRIBMAIL_APPEND_WRITERS", "0", "DISTRIBMAIL_APPEND_WRITERS must be at least 1, not 0"),
+        ("DISTRIBMAIL_GROUP_MAX_EVENTS", "-5", "must be at least 1, not -5"),
+        ("DISTRIBMAIL_APPEND_WRITERS", "two", "must be a whole number, not 'two'"),
+    ],
+)
+def test_group_commit_settings_refuse_nonsense(name, value, message):
+    with pytest.raises(ConfigError, match=message):
+        IngestSettings.from_env({name: value})
+
+
+def test_group_commit_settings_reach_the_receiver(make_app):
+    app = make_app(DISTRIBMAIL_APPEND_WRITERS="3", DISTRIBMAIL_GROUP_MAX_EVENTS="40")
+    committer = app.extensions["distribmail.receiver"]._committer
+    assert (committer._free_writers, committer._max_size) == (3, 40)
