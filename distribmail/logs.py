@@ -28,7 +28,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +40,7 @@ from gunicorn import glogging
 
 from ingest.auth import client_address
 from ingest.settings import PREFIX, env_networks, env_str
+from ingest.web import ENDPOINT
 
 REQUEST_ID_HEADER = "X-Request-Id"
 ACCESS_LOGGER = "distribmail.access"
@@ -250,59 +251,58 @@ class _Served:
     """What the request line needs from the start of its request, kept in one attribute
     of `g` (each access to `g` goes through a proxy)."""
 
+    request_id: str
     given_id: bool  # the id is the client's own, so it is scrubbed before it is logged
     started: float  # time.perf_counter()
     token: Token[str | None]  # resets the request id when the request ends
 
 
-def install_logging(app: Flask, env: Mapping[str, str]) -> None:
-    """JSON logs for the process, and a request id and a request line for every request.
+class _RequestLog:
+    """A request id for every request, and its request line: for Flask's hooks and for
+    the webhook's plain WSGI path (ingest.webhook_wsgi) alike."""
 
-    Call it after the receiver and the read side are mounted, so that their tokens are
-    known to the scrubber."""
-    redact = configure_root(env, _app_secrets(app))
-    access = logging.getLogger(ACCESS_LOGGER)
-    # The client behind nginx, as the webhook's allow-list sees it (same trusted proxies).
-    trusted = env_networks(env, "TRUSTED_PROXIES")
+    def __init__(self, redact: Redactor, trusted: Any) -> None:
+        self.redact = redact
+        self.access = logging.getLogger(ACCESS_LOGGER)
+        # A request's client comes from a handful of (address, header) pairs: parsed once
+        # each. (At most 256 of them kept: a header is at most 8 KB under gunicorn.)
+        self.client_of = functools.lru_cache(maxsize=256)(
+            lambda remote_addr, forwarded_for: str(
+                client_address(remote_addr, forwarded_for, trusted)
+            )
+        )
 
-    # A request's client comes from a handful of (address, header) pairs: parsed once each.
-    # (At most 256 of them kept: a header is at most 8 KB under gunicorn.)
-    @functools.lru_cache(maxsize=256)
-    def client_of(remote_addr: str | None, forwarded_for: str | None) -> str:
-        return str(client_address(remote_addr, forwarded_for, trusted))
-
-    @app.before_request
-    def start_request() -> None:
-        given = request.headers.get(REQUEST_ID_HEADER, "")
+    def start(self, given: str) -> _Served:
         sane = _SANE_REQUEST_ID.match(given) is not None
         request_id = given if sane else secrets.token_hex(16)
-        g.request_id = request_id
-        g.request_served = _Served(sane, time.perf_counter(), _request_id.set(request_id))
+        return _Served(request_id, sane, time.perf_counter(), _request_id.set(request_id))
 
-    @app.after_request
-    def finish_request(response: Response) -> Response:
-        served: _Served | None = g.get("request_served")
-        if served is None:  # before_request did not run (another hook failed first)
-            return response
-        request_id = g.request_id
-        response.headers[REQUEST_ID_HEADER] = request_id
+    def finish(
+        self,
+        served: _Served,
+        method: str,
+        path: str,
+        status: int,
+        remote_addr: str | None,
+        forwarded_for: str | None,
+    ) -> None:
+        access, redact = self.access, self.redact
         duration = time.perf_counter() - served.started
         if not access.isEnabledFor(logging.INFO):
-            return response
+            return
         # The free text of this line, scrubbed here: the method and the path come from
         # the client, and so may a (sane-looking) request id; the rest are numbers, an
         # address and our own words.
-        method, path, status = request.method, request.path, response.status_code
         fields = {
             "method": redact.value(method),
             "path": redact.value(path),
             "status": status,
             "duration_ms": round(duration * 1000, 2),
-            "client": client_of(request.remote_addr, request.headers.get("X-Forwarded-For")),
+            "client": self.client_of(remote_addr, forwarded_for),
         }
         extra: dict[str, Any] = {**fields, PRESCRUBBED: (redact, fields)}
         if served.given_id:  # not remembered: behind nginx every request has its own
-            extra["request_id"] = redact(request_id)
+            extra["request_id"] = redact(served.request_id)
         # Scrubbed as a whole too: a shape may straddle the method and the path.
         message = redact.value(f"{method} {path} {status}")
         # makeRecord and handle, as Logger.info does, less the search for the caller's
@@ -311,13 +311,71 @@ def install_logging(app: Flask, env: Mapping[str, str]) -> None:
             access.name, logging.INFO, __file__, 0, message, (), None, "finish_request", extra
         )
         access.handle(record)
+
+    @staticmethod
+    def forget(served: _Served) -> None:
+        _request_id.reset(served.token)
+
+    def wsgi_hook(self, environ: dict[str, Any]) -> Callable[[int, list[tuple[str, str]]], None]:
+        """The same, for ingest.webhook_wsgi."""
+        served = self.start(environ.get("HTTP_X_REQUEST_ID", ""))
+
+        def finish(status: int, headers: list[tuple[str, str]]) -> None:
+            try:
+                headers.append((REQUEST_ID_HEADER, served.request_id))
+                self.finish(
+                    served,
+                    environ.get("REQUEST_METHOD", ""),
+                    environ.get("PATH_INFO", ""),
+                    status,
+                    environ.get("REMOTE_ADDR"),
+                    environ.get("HTTP_X_FORWARDED_FOR"),
+                )
+            finally:
+                self.forget(served)
+
+        return finish
+
+
+def install_logging(app: Flask, env: Mapping[str, str]) -> None:
+    """JSON logs for the process, and a request id and a request line for every request.
+
+    Call it after the receiver and the read side are mounted, so that their tokens are
+    known to the scrubber."""
+    redact = configure_root(env, _app_secrets(app))
+    # The client behind nginx, as the webhook's allow-list sees it (same trusted proxies).
+    request_log = _RequestLog(redact, env_networks(env, "TRUSTED_PROXIES"))
+    endpoint = app.extensions.get(ENDPOINT)
+    if endpoint is not None:
+        endpoint.hooks.append(request_log.wsgi_hook)
+
+    @app.before_request
+    def start_request() -> None:
+        served = request_log.start(request.headers.get(REQUEST_ID_HEADER, ""))
+        g.request_id = served.request_id
+        g.request_served = served
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        served: _Served | None = g.get("request_served")
+        if served is None:  # before_request did not run (another hook failed first)
+            return response
+        response.headers[REQUEST_ID_HEADER] = served.request_id
+        request_log.finish(
+            served,
+            request.method,
+            request.path,
+            response.status_code,
+            request.remote_addr,
+            request.headers.get("X-Forwarded-For"),
+        )
         return response
 
     @app.teardown_request
     def forget_request(_: BaseException | None) -> None:
         served: _Served | None = g.pop("request_served", None)
         if served is not None:
-            _request_id.reset(served.token)
+            request_log.forget(served)
 
 
 class GunicornLogger(glogging.Logger):  # type: ignore[misc]

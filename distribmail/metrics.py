@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,8 @@ from flask import Flask, Response, g, request
 from ingest.events import NormalizedEvent
 from ingest.pipeline import Receipt
 from ingest.providers import PROVIDERS
-from ingest.web import RECEIVER
+from ingest.web import ENDPOINT, RECEIVER
+from ingest.webhook_wsgi import ROUTE as WEBHOOK_ROUTE
 from query.api import POOL as API_POOL
 from query.api import ApiAuth
 from query.settings import ReadSettings
@@ -388,6 +389,10 @@ def install_metrics(app: Flask, env: Mapping[str, str]) -> None:
 
     app.add_url_rule("/metrics", "metrics", metrics_page, methods=["GET"])
 
+    def count(route: str, method: str, status: int, started: float) -> None:
+        metrics.child(metrics.latency, route).observe(time.perf_counter() - started)
+        metrics.child(metrics.requests, route, method, str(status)).inc()
+
     @app.before_request
     def start_timer() -> None:
         g.metrics_started = time.perf_counter()
@@ -398,7 +403,14 @@ def install_metrics(app: Flask, env: Mapping[str, str]) -> None:
         if started is not None:
             rule = request.url_rule
             route = rule.rule if rule is not None else "unmatched"
-            metrics.child(metrics.latency, route).observe(time.perf_counter() - started)
-            status = str(response.status_code)
-            metrics.child(metrics.requests, route, request.method, status).inc()
+            count(route, request.method, response.status_code, started)
         return response
+
+    # The webhook's POST, served before Flask (ingest.webhook_wsgi), under its route's name.
+    def time_webhook(environ: dict[str, Any]) -> Callable[[int, list[tuple[str, str]]], None]:
+        started = time.perf_counter()
+        return lambda status, headers: count(WEBHOOK_ROUTE, "POST", status, started)
+
+    endpoint = app.extensions.get(ENDPOINT)
+    if endpoint is not None:
+        endpoint.hooks.append(time_webhook)

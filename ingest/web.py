@@ -6,46 +6,32 @@ in `distribmail.app` mounts the same blueprint beside the read side.
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ingest.answers import error_answer, json_bytes
 from ingest.auth import WebhookAuth
-from ingest.errors import DistribmailError, NotFound, PayloadTooLarge, TryLater, Unauthorized
+from ingest.errors import DistribmailError, NotFound
 from ingest.pipeline import Receiver
 from ingest.providers import PROVIDERS
-
-log = logging.getLogger(__name__)
+from ingest.webhook_wsgi import WebhookEndpoint, WebhookWSGI
 
 bp = Blueprint("ingest", __name__)
 
 RECEIVER = "distribmail.receiver"
 AUTH = "distribmail.webhook_auth"
 MAX_BODY = "distribmail.max_body"
+# The webhook's POST (ingest.webhook_wsgi); the request hooks it runs are added to it.
+ENDPOINT = "distribmail.webhook_endpoint"
 READINESS = "distribmail.readiness"
 # Callables that stop an app's threads and close its pools, run by distribmail.app.shutdown.
 CLOSERS = "distribmail.closers"
 
 # A readiness check returns (name, ok, detail); the read side adds its own.
 ReadinessCheck = Callable[[], tuple[str, bool, Any]]
-
-# The webhook's answer in the bytes Flask's jsonify writes (compact, keys sorted, a final
-# newline), without its per-call machinery: it is on the busiest route, and a few ints.
-_encode_receipt = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
-
-
-def _read_body(limit: int) -> bytes:
-    """The body, refused past `limit` bytes whether or not Content-Length was sent."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the body is over the {limit}-byte limit (DISTRIBMAIL_MAX_BODY)")
-    body = request.stream.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"the body is over the {limit}-byte limit (DISTRIBMAIL_MAX_BODY)")
-    return body
 
 
 @bp.route("/webhooks/<provider>", methods=["GET", "HEAD", "POST"])
@@ -55,16 +41,11 @@ def webhook(provider: str) -> Any:
     if request.method != "POST":
         # Providers and admins check that the URL answers; nothing is stored.
         return jsonify({"provider": provider, "ready": True})
-    # The checks this route makes, in order: source address and credentials (before the
-    # body is read), size, then the pipeline (JSON shape, append or spool).
-    extensions = current_app.extensions
-    auth: WebhookAuth = extensions[AUTH]
-    headers = request.headers
-    auth.check(headers.get("Authorization"), headers.get("X-Forwarded-For"), request.remote_addr)
-    body = _read_body(extensions[MAX_BODY])
-    receiver: Receiver = extensions[RECEIVER]
-    receipt = receiver.receive(provider, body)
-    return Response(_encode_receipt(receipt.to_json()) + "\n", mimetype="application/json")
+    # A POST is answered by ingest.webhook_wsgi before Flask sees it; this is for an app
+    # that serves this blueprint without that wrapper.
+    endpoint: WebhookEndpoint = current_app.extensions[ENDPOINT]
+    status, body, headers = endpoint.answer(provider, request.environ)
+    return Response(body, status=status, headers=headers, mimetype="application/json")
 
 
 @bp.get("/healthz")
@@ -96,15 +77,10 @@ def database_check(receiver: Receiver) -> ReadinessCheck:
 
 
 def render_error(error: DistribmailError) -> Any:
-    response = jsonify(error.to_json())
-    response.status_code = error.status
-    if isinstance(error, Unauthorized):
-        response.headers["WWW-Authenticate"] = error.challenge
-    if isinstance(error, TryLater):
-        response.headers["Retry-After"] = str(error.retry_after)
-    if error.status >= 500:
-        log.error("%s: %s", type(error).__name__, error.message)
-    return response
+    status, document, headers = error_answer(error)
+    return Response(
+        json_bytes(document), status=status, headers=headers, mimetype="application/json"
+    )
 
 
 def render_http_error(error: HTTPException) -> Any:
@@ -119,9 +95,12 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def install_receiver(app: Flask, receiver: Receiver, auth: WebhookAuth, max_body: int) -> None:
+    endpoint = WebhookEndpoint(receiver, auth, max_body)
     app.extensions[RECEIVER] = receiver
     app.extensions[AUTH] = auth
     app.extensions[MAX_BODY] = max_body
+    app.extensions[ENDPOINT] = endpoint
     app.extensions.setdefault(READINESS, []).append(database_check(receiver))
     app.extensions.setdefault(CLOSERS, []).append(receiver.close)
     app.register_blueprint(bp)
+    app.wsgi_app = WebhookWSGI(app.wsgi_app, endpoint)  # type: ignore[method-assign]
