@@ -25,7 +25,7 @@ Result = TypeVar("Result")
 
 
 class _Pending(Generic[Item, Result]):
-    __slots__ = ("item", "size", "result", "error", "done", "has_slot", "wake")
+    __slots__ = ("item", "size", "result", "error", "done", "has_slot", "_wake", "_signalled")
 
     def __init__(self, item: Item, size: int) -> None:
         self.item = item
@@ -34,7 +34,24 @@ class _Pending(Generic[Item, Result]):
         self.error: BaseException | None = None
         self.done = False
         self.has_slot = False  # this request's thread may write groups
-        self.wake = threading.Event()
+        # A bare lock held from the start, released to wake the waiting thread: the
+        # cheapest wake-up CPython has (an Event builds a Condition and a lock per wait).
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._signalled = False
+
+    def signal(self) -> None:
+        """Wake the request's thread (if it sleeps, or when it next would); lock held."""
+        if not self._signalled:
+            self._signalled = True
+            self._wake.release()
+
+    def sleep(self) -> None:
+        """Until signalled; then `rearm` (under the lock) before the next sleep."""
+        self._wake.acquire()
+
+    def rearm(self) -> None:
+        self._signalled = False
 
 
 class GroupCommitter(Generic[Item, Result]):
@@ -70,18 +87,19 @@ class GroupCommitter(Generic[Item, Result]):
                 self._free_writers -= 1
                 pending.has_slot = True
         while True:
-            # Every change to done and has_slot is made under the lock, so what is read
-            # here is current, and clearing `wake` cannot lose a wake-up.
+            # Every change to done and has_slot is made under the lock, and every signal
+            # after it: a signal that comes between this check and the sleep is kept
+            # (the lock stays released), so no wake-up is lost.
             with self._lock:
                 if pending.done:
                     if pending.has_slot:
                         self._hand_over_slot(pending)
                     break
                 leading = pending.has_slot
-                if not leading:
-                    pending.wake.clear()
             if not leading:
-                pending.wake.wait()
+                pending.sleep()
+                with self._lock:
+                    pending.rearm()
             elif not self._write_next_group():
                 with self._lock:
                     # Nothing was queued, yet ours is not done: another writer has it
@@ -98,7 +116,7 @@ class GroupCommitter(Generic[Item, Result]):
         for waiting in self._queue:
             if not waiting.has_slot:
                 waiting.has_slot = True
-                waiting.wake.set()
+                waiting.signal()
                 return
         self._free_writers += 1
 
@@ -126,7 +144,7 @@ class GroupCommitter(Generic[Item, Result]):
             with self._lock:
                 for pending in group:
                     pending.done = True
-                    pending.wake.set()
+                    pending.signal()
         return True
 
     def _settle(self, group: list[_Pending[Item, Result]]) -> None:
