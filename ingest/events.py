@@ -72,6 +72,25 @@ def storable_text(value: str) -> str:
     return "".join("\ufffd" if c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
 
 
+# The log's btree indexes take (provider, message-id, recipient), and a btree entry must
+# fit in a third of a page (2,704 bytes): at 4 bytes a character at most, two keys of
+# KEY_MAX_CHARS fit with room to spare. Real ones are far shorter (an address is at most
+# 254 characters).
+KEY_MAX_CHARS = 256
+_CUT_MARK = "\u2026"  # an ellipsis, then 16 hex digits of the whole value's sha256
+
+
+def fit_key(value: str) -> str:
+    """A key column's text, cut to KEY_MAX_CHARS when longer; the end of a cut value is a
+    hash of the whole, so that two long values that share a beginning stay apart and the
+    same value always gives the same key (its events still fold together). Not a problem
+    to flag: the payload keeps the whole value."""
+    if len(value) <= KEY_MAX_CHARS:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return value[: KEY_MAX_CHARS - 17] + _CUT_MARK + digest
+
+
 def spell_out_unstorable(value: Any) -> Any:
     """A JSON value with unstorable characters written as `\\uXXXX` text, keys included."""
     if isinstance(value, str):

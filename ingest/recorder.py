@@ -77,6 +77,18 @@ _months_with_partition: weakref.WeakKeyDictionary[ConnectionPool, set[tuple[int,
 )
 
 
+# SQLSTATE classes that say the server cannot work now, whatever the rows: connection
+# exception, insufficient resources, operator intervention (a shutdown), system error.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+
+
+def _unavailable(error: psycopg.Error) -> bool:
+    """The database is out of reach for now (spool and retry), rather than refusing these
+    rows (a key too long for an index, say): errors raised before the server answered
+    carry no SQLSTATE (connection failures, a pool timeout)."""
+    return error.sqlstate is None or error.sqlstate[:2] in _UNAVAILABLE_CLASSES
+
+
 def ensure_partitions(pool: ConnectionPool, events: Sequence[NormalizedEvent]) -> None:
     """Create the monthly partitions a batch needs, once per month and process.
 
@@ -148,6 +160,8 @@ def insert_events(
             cur.execute(_INSERT_EVENTS, params)  # type: ignore[arg-type]
             return cur.rowcount
     except (psycopg.OperationalError, psycopg.InterfaceError) as e:  # PoolTimeout included
+        if not _unavailable(e):
+            raise
         raise DatabaseUnavailable(f"the database did not take the events: {e}") from e
 
 
@@ -175,5 +189,7 @@ def insert_groups(pool: ConnectionPool, groups: Sequence[Sequence[NormalizedEven
             for (key,) in cur:
                 stored[owner[key]] += 1
     except (psycopg.OperationalError, psycopg.InterfaceError) as e:  # PoolTimeout included
+        if not _unavailable(e):
+            raise
         raise DatabaseUnavailable(f"the database did not take the events: {e}") from e
     return stored

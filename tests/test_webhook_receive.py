@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 
+from ingest import recorder
+from ingest.events import KEY_MAX_CHARS
 from tests.payloads import event, tracking_payloads
 
 
@@ -171,3 +175,41 @@ def test_health_and_readiness(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json()["database"]["ok"] is True
+
+
+def test_very_long_keys_are_cut_in_the_key_columns_and_kept_whole_in_the_payload(
+    client, db, auth_headers
+):
+    # A btree entry must fit in a third of a page: a 3,000-character message-id once made
+    # every append of its request fail (and the request wait in the spool forever).
+    # Random text: PostgreSQL compresses a repetitive one enough to fit.
+    long_id, long_address = secrets.token_hex(1500), secrets.token_hex(1500) + "@example.com"
+    bodies = [
+        event(message_id=f"<{long_id}a@relay>", email=long_address),
+        event(message_id=f"<{long_id}b@relay>", email=long_address),
+    ]
+    answer = client.post("/webhooks/brevo", json=bodies, headers=auth_headers).get_json()
+    assert answer == {"received": 2, "stored": 2, "duplicates": 0}
+    rows = db.execute(
+        "SELECT message_id, recipient, payload->>'message-id', problem FROM events ORDER BY 3"
+    ).fetchall()
+    assert [len(r[0]) for r in rows] == [KEY_MAX_CHARS, KEY_MAX_CHARS]
+    assert rows[0][0] != rows[1][0]  # same beginning, different keys
+    assert [r[2] for r in rows] == [b["message-id"] for b in bodies]  # payload whole
+    assert {r[3] for r in rows} == {None}  # nothing wrong with the event itself
+    again = client.post("/webhooks/brevo", json=bodies[0], headers=auth_headers).get_json()
+    assert again == {"received": 1, "stored": 0, "duplicates": 1}
+
+
+def test_a_refusal_of_the_rows_is_not_taken_for_an_unreachable_database(db):
+    db.execute("CREATE TABLE long_values (v text)")
+    db.execute("CREATE INDEX ON long_values (v)")
+    with pytest.raises(psycopg.Error) as refused:
+        db.execute(
+            "INSERT INTO long_values"
+            " SELECT string_agg(md5(g::text), '') FROM generate_series(1, 300) g"
+        )
+    assert not recorder._unavailable(refused.value)
+    with pytest.raises(psycopg.OperationalError) as unreachable:
+        psycopg.connect("postgresql://nobody@127.0.0.1:9/none", connect_timeout=1)
+    assert recorder._unavailable(unreachable.value)

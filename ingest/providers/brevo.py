@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load
 
-from ingest.events import NormalizedEvent, storable_text
+from ingest.events import NormalizedEvent, fit_key, storable_text
 
 NAME = "brevo"
 
@@ -112,14 +112,14 @@ def normalize_message_id(raw: str | None) -> str | None:
     if raw is None:
         return None
     value = raw.strip().removeprefix("<").removesuffix(">").strip()
-    return storable_text(value) or None
+    return fit_key(storable_text(value)) or None
 
 
 def normalize_recipient(raw: str | None) -> str | None:
     if raw is None:
         return None
     value = raw.strip().lower()
-    return storable_text(value) or None
+    return fit_key(storable_text(value)) or None
 
 
 def _from_epoch(seconds: float) -> datetime | None:
