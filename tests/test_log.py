@@ -5,7 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from ingest.database import apply_schema
+from ingest import recorder
+from ingest.database import apply_schema, open_pool
 from tests.payloads import event
 
 
@@ -98,3 +99,42 @@ def test_an_append_queues_its_messages_for_the_fold(client, auth_headers, db):
     client.post("/webhooks/brevo", json=batch, headers=auth_headers)
     queued = db.execute("SELECT recipient FROM fold_queue ORDER BY recipient").fetchall()
     assert [q[0] for q in queued] == ["client@example.com", "other@example.com"]
+
+
+TRICKY = [
+    event(message_id="<nul@x>", subject="a\u0000b"),  # jsonb refuses U+0000: spelled out
+    event(message_id="<surrogate@x>", subject="a\ud800b"),  # and lone surrogates
+    event(message_id="<backslash@x>", subject="literal \\u0000 text"),  # fine as it is
+    event(message_id="<accents@x>", subject="Devis n°118 — été ✓", email="Élodie@Example.com"),
+    event("click", message_id="<link@x>", link='https://example.com/?a=1&b="2"'),
+    {"event": "delivered", "message-id": "<no-time@x>", "email": "a@b.c"},  # flagged
+    {"unknown": ["shape", {"nested": None}], "n": 1.5},  # flagged, keyed by its payload
+]
+
+
+@pytest.mark.parametrize("arrays_from", [1, 10_000], ids=["arrays", "json"])
+def test_both_forms_of_the_insert_store_the_same_rows(db, database_url, monkeypatch, arrays_from):
+    # A few events go as one JSON text, many as binary arrays (ingest.recorder): whichever
+    # form, the same events must give the same rows.
+    from ingest.providers import PROVIDERS
+
+    monkeypatch.setattr(recorder, "ARRAYS_FROM", arrays_from)
+    events = [PROVIDERS["brevo"].normalize(p, "webhook") for p in TRICKY]
+    with open_pool(database_url, size=1, autocommit=True) as pool:
+        assert recorder.insert_events(pool, events) == len(TRICKY)
+    rows = db.execute(
+        "SELECT message_id, recipient, event, event_at, problem, payload, dedup_key"
+        " FROM events ORDER BY dedup_key"
+    ).fetchall()
+    expected = {e.dedup_key: (e.message_id, e.recipient, e.event, e.event_at) for e in events}
+    assert {bytes(r[6]): (r[0], r[1], r[2], r[3]) for r in rows} == expected
+    by_id = {r[0]: r for r in rows}
+    assert by_id["nul@x"][5]["subject"] == "a\\u0000b"
+    assert "kept as \\uXXXX text" in by_id["nul@x"][4]
+    assert by_id["surrogate@x"][5]["subject"] == "a\\ud800b"
+    assert by_id["backslash@x"][5]["subject"] == "literal \\u0000 text"
+    assert by_id["backslash@x"][4] is None
+    assert by_id["accents@x"][5]["subject"] == "Devis n°118 — été ✓"
+    assert by_id["link@x"][5]["link"] == 'https://example.com/?a=1&b="2"'
+    assert by_id["no-time@x"][4] == "no usable time"
+    assert {r[5]["n"] for r in rows if r[0] is None} == {1.5}
