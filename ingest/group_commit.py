@@ -68,7 +68,7 @@ class GroupCommitter(Generic[Item, Result]):
         self,
         write_group: Callable[[Sequence[Item]], Sequence[Result]],
         fails_all: Callable[[BaseException], bool],
-        writers: int = 2,
+        writers: int = 1,
         max_size: int = 1000,
     ) -> None:
         self._write_group = write_group

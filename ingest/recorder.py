@@ -3,8 +3,8 @@
 One INSERT ... SELECT per append, from one JSON text for a few events or from binary arrays
 for many, so a 500-event batch (or a group of concurrent requests, ingest.group_commit) is
 one statement, one round trip (the pool is in autocommit: a single statement is its own
-transaction, all or nothing, its trigger included). ON CONFLICT DO NOTHING on the dedup key turns a
-retransmission into a no-op; rowcount counts only the rows inserted.
+transaction, all or nothing, its trigger included). ON CONFLICT DO NOTHING on the dedup
+key turns a retransmission into a no-op; rowcount counts only the rows inserted.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -94,6 +95,7 @@ def _payload_text(event: NormalizedEvent) -> tuple[str, str | None]:
 
 
 def _jsonb(event: NormalizedEvent) -> tuple[Jsonb, str | None]:
+    """For the arrays form: a Jsonb that dumps the text already made (not serialized twice)."""
     payload, problem = _payload_text(event)
     return Jsonb(None, dumps=lambda _: payload), problem
 
@@ -139,6 +141,17 @@ def _unavailable(error: psycopg.Error) -> bool:
     rows (a key too long for an index, say): errors raised before the server answered
     carry no SQLSTATE (connection failures, a pool timeout)."""
     return error.sqlstate is None or error.sqlstate[:2] in _UNAVAILABLE_CLASSES
+
+
+@contextmanager
+def _unreachable_as_unavailable() -> Iterator[None]:
+    """DatabaseUnavailable for an unreachable database; a refusal of the rows goes on as is."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError) as e:  # PoolTimeout included
+        if not _unavailable(e):
+            raise
+        raise DatabaseUnavailable(f"the database did not take the events: {e}") from e
 
 
 def ensure_partitions(pool: ConnectionPool, events: Sequence[NormalizedEvent]) -> None:
@@ -216,15 +229,11 @@ def insert_events(
     if not events:
         return 0
     sql, params = _statement(events, received_at)
-    try:
+    with _unreachable_as_unavailable():
         ensure_partitions(pool, events)
         with pool.connection() as conn, conn.cursor() as cur:
             cur.execute(sql, params)  # type: ignore[arg-type]
             return cur.rowcount
-    except (psycopg.OperationalError, psycopg.InterfaceError) as e:  # PoolTimeout included
-        if not _unavailable(e):
-            raise
-        raise DatabaseUnavailable(f"the database did not take the events: {e}") from e
 
 
 def insert_groups(pool: ConnectionPool, groups: Sequence[Sequence[NormalizedEvent]]) -> list[int]:
@@ -244,14 +253,10 @@ def insert_groups(pool: ConnectionPool, groups: Sequence[Sequence[NormalizedEven
     if not events:
         return stored
     sql, params = _statement(events, None, returning=True)
-    try:
+    with _unreachable_as_unavailable():
         ensure_partitions(pool, events)
         with pool.connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as cur:
             cur.execute(sql, params)  # type: ignore[arg-type]
             for (key,) in cur:
                 stored[owner[key]] += 1
-    except (psycopg.OperationalError, psycopg.InterfaceError) as e:  # PoolTimeout included
-        if not _unavailable(e):
-            raise
-        raise DatabaseUnavailable(f"the database did not take the events: {e}") from e
     return stored

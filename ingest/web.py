@@ -23,7 +23,6 @@ bp = Blueprint("ingest", __name__)
 
 RECEIVER = "distribmail.receiver"
 AUTH = "distribmail.webhook_auth"
-MAX_BODY = "distribmail.max_body"
 # The webhook's POST (ingest.webhook_wsgi); the request hooks it runs are added to it.
 ENDPOINT = "distribmail.webhook_endpoint"
 READINESS = "distribmail.readiness"
@@ -98,7 +97,6 @@ def install_receiver(app: Flask, receiver: Receiver, auth: WebhookAuth, max_body
     endpoint = WebhookEndpoint(receiver, auth, max_body)
     app.extensions[RECEIVER] = receiver
     app.extensions[AUTH] = auth
-    app.extensions[MAX_BODY] = max_body
     app.extensions[ENDPOINT] = endpoint
     app.extensions.setdefault(READINESS, []).append(database_check(receiver))
     app.extensions.setdefault(CLOSERS, []).append(receiver.close)
