@@ -199,10 +199,26 @@ class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        # Whoever replaced sys.stderr since (gunicorn, pytest's capture) is followed.
-        self.stream = sys.stderr
-        super().emit(record)
+    def handle(self, record: logging.LogRecord) -> bool:
+        # As logging.Handler.handle, but the line is formatted before the handler's lock
+        # is taken, and only the write is under it: with a request line per request, eight
+        # threads queued on that lock while one of them built its JSON and scrubbed it.
+        if not self.filter(record):
+            return False
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return True
+        with self.lock:  # type: ignore[union-attr]
+            # Whoever replaced sys.stderr since (gunicorn, pytest's capture) is followed.
+            self.stream = sys.stderr
+            try:
+                self.stream.write(line)
+                self.flush()
+            except Exception:
+                self.handleError(record)
+        return True
 
 
 def _root_handler() -> _OurHandler | None:
