@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingest.database import apply_schema
@@ -114,3 +115,24 @@ def client(app):
 @pytest.fixture
 def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {TEST_TOKENS[0]}"}
+
+
+@pytest.fixture
+def refuse_recipient(db: psycopg.Connection):
+    """Make PostgreSQL refuse every event row for one address, as an admin's constraint
+    would: a real refusal by the database (drop it with `DROP TRIGGER refuse_x ON events`)."""
+
+    def refuse(address: str) -> None:
+        db.execute(
+            sql.SQL(
+                "CREATE FUNCTION refuse_x() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF NEW.recipient = {} THEN RAISE EXCEPTION 'refused by test';"
+                " END IF; RETURN NEW; END $$"
+            ).format(sql.Literal(address))
+        )
+        db.execute(
+            "CREATE TRIGGER refuse_x BEFORE INSERT ON events"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_x()"
+        )
+
+    return refuse

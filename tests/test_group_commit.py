@@ -86,6 +86,26 @@ def join(threads: list[threading.Thread]) -> None:
         assert not thread.is_alive(), "a request was never answered"
 
 
+def queued_behind_a_write(
+    recorder: Recorder,
+    group_commit: GroupCommitter[str, str],
+    later: list[str],
+    *,
+    unreachable: bool = False,
+) -> tuple[dict[str, str], dict[str, BaseException]]:
+    """Submit "first" and hold its write open; submit `later` meanwhile (they queue), then
+    let everything through. Returns the results and errors of all, "first" included."""
+    recorder.hold.clear()
+    results, errors, first = submit_in_threads(group_commit, ["first"])
+    assert recorder.entered.wait(WAIT)
+    recorder.unreachable = unreachable
+    later_results, later_errors, threads = submit_in_threads(group_commit, later)
+    wait_queued(group_commit, len(later))
+    recorder.hold.set()
+    join(first + threads)
+    return {**results, **later_results}, {**errors, **later_errors}
+
+
 def test_a_lone_request_is_written_at_once_by_its_own_thread():
     recorder = Recorder()
     assert committer(recorder).submit("a") == "ok a"
@@ -94,19 +114,11 @@ def test_a_lone_request_is_written_at_once_by_its_own_thread():
 
 def test_requests_arriving_during_a_write_share_the_next_one():
     recorder = Recorder()
-    group_commit = committer(recorder, writers=1)
-    recorder.hold.clear()
-    first, _, first_thread = submit_in_threads(group_commit, ["first"])
-    assert recorder.entered.wait(WAIT)
     later = [f"r{i}" for i in range(6)]
-    results, errors, threads = submit_in_threads(group_commit, later)
-    wait_queued(group_commit, len(later))
-    recorder.hold.set()
-    join(first_thread + threads)
+    results, errors = queued_behind_a_write(recorder, committer(recorder, writers=1), later)
 
     assert errors == {}
-    assert first == {"first": "ok first"}
-    assert results == {item: f"ok {item}" for item in later}
+    assert results == {item: f"ok {item}" for item in ["first", *later]}
     assert recorder.groups[0] == ["first"]
     assert sorted(recorder.groups[1]) == later  # one transaction for the six
     assert len(recorder.groups) == 2
@@ -115,16 +127,10 @@ def test_requests_arriving_during_a_write_share_the_next_one():
 def test_a_group_is_capped_but_one_large_request_still_goes_alone():
     recorder = Recorder()
     group_commit = committer(recorder, writers=1, max_size=3)
-    recorder.hold.clear()
-    _, _, first = submit_in_threads(group_commit, ["first"])
-    assert recorder.entered.wait(WAIT)
     later = [f"r{i}" for i in range(7)]
-    results, errors, threads = submit_in_threads(group_commit, later)
-    wait_queued(group_commit, len(later))
-    recorder.hold.set()
-    join(first + threads)
+    results, errors = queued_behind_a_write(recorder, group_commit, later)
     assert errors == {}
-    assert len(results) == 7
+    assert len(results) == 8
     assert [len(group) for group in recorder.groups] == [1, 3, 3, 1]
 
     assert group_commit.submit("big", size=50) == "ok big"
@@ -134,15 +140,9 @@ def test_a_group_is_capped_but_one_large_request_still_goes_alone():
 def test_a_refused_request_fails_alone_and_the_rest_of_its_group_is_written():
     recorder = Recorder()
     group_commit = committer(recorder, writers=1)
-    recorder.hold.clear()
-    _, _, first = submit_in_threads(group_commit, ["first"])
-    assert recorder.entered.wait(WAIT)
-    results, errors, threads = submit_in_threads(group_commit, ["a", "bad", "b"])
-    wait_queued(group_commit, 3)
-    recorder.hold.set()
-    join(first + threads)
+    results, errors = queued_behind_a_write(recorder, group_commit, ["a", "bad", "b"])
 
-    assert results == {"a": "ok a", "b": "ok b"}
+    assert results == {"first": "ok first", "a": "ok a", "b": "ok b"}
     assert list(errors) == ["bad"]
     assert str(errors["bad"]) == "refused: bad"
     # The shared attempt, then each request on its own.
@@ -153,17 +153,11 @@ def test_a_refused_request_fails_alone_and_the_rest_of_its_group_is_written():
 def test_an_unreachable_database_fails_the_whole_group_without_retrying_each():
     recorder = Recorder()
     group_commit = committer(recorder, writers=1)
-    recorder.hold.clear()
-    _, first_errors, first = submit_in_threads(group_commit, ["first"])
-    assert recorder.entered.wait(WAIT)
-    recorder.unreachable = True
-    results, errors, threads = submit_in_threads(group_commit, ["a", "b", "c"])
-    wait_queued(group_commit, 3)
-    recorder.hold.set()
-    join(first + threads)
+    results, errors = queued_behind_a_write(
+        recorder, group_commit, ["a", "b", "c"], unreachable=True
+    )
 
     assert results == {}
-    errors.update(first_errors)
     assert sorted(errors) == ["a", "b", "c", "first"]
     assert all(isinstance(e, Unreachable) for e in errors.values())
     assert len(recorder.groups) == 2  # no one-by-one retries

@@ -117,17 +117,10 @@ def test_a_file_locked_by_another_drainer_is_skipped(tmp_path):
 
 
 def test_a_row_the_database_refuses_is_spooled_not_answered_500(
-    make_app, database_url, db, auth_headers, tmp_path
+    make_app, db, auth_headers, tmp_path, refuse_recipient
 ):
     # An admin's constraint, say, that refuses one recipient: a real refusal by PostgreSQL.
-    db.execute(
-        "CREATE FUNCTION refuse_x() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-        " IF NEW.recipient = 'refused@example.com' THEN RAISE EXCEPTION 'refused by test';"
-        " END IF; RETURN NEW; END $$"
-    )
-    db.execute(
-        "CREATE TRIGGER refuse_x BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_x()"
-    )
+    refuse_recipient("refused@example.com")
     data = tmp_path / "refusing"
     client = make_app(
         DISTRIBMAIL_DATA_DIR=str(data), DISTRIBMAIL_SPOOL_DRAIN_EVERY="3600"

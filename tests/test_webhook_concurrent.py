@@ -92,16 +92,9 @@ def test_concurrent_requests_each_get_their_own_counts(make_app, db, auth_header
 
 
 def test_a_refused_request_in_a_group_is_spooled_and_the_others_are_stored(
-    make_app, database_url, db, auth_headers, group_sizes, tmp_path
+    make_app, db, auth_headers, group_sizes, tmp_path, refuse_recipient
 ):
-    db.execute(
-        "CREATE FUNCTION refuse_x() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-        " IF NEW.recipient = 'refused@example.com' THEN RAISE EXCEPTION 'refused by test';"
-        " END IF; RETURN NEW; END $$"
-    )
-    db.execute(
-        "CREATE TRIGGER refuse_x BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_x()"
-    )
+    refuse_recipient("refused@example.com")
     app = make_app(
         DISTRIBMAIL_APPEND_WRITERS="1",
         DISTRIBMAIL_DATA_DIR=str(tmp_path / "refusing"),
