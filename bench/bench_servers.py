@@ -171,6 +171,17 @@ class Servers:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+Check = tuple[str, bool, str]  # (target, met, what was measured)
+
+
+def print_report(lines: list[str], checks: list[Check], width: int) -> int:
+    """The report, then a PASS or FAIL line per target; 0 when all are met, else 1."""
+    for label, ok, detail in checks:
+        lines.append(f"{'PASS' if ok else 'FAIL'}  {label:<{width}} {detail}")
+    print("\n".join(lines), flush=True)
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

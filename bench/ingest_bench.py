@@ -30,7 +30,7 @@ from pathlib import Path
 import copy_ceiling
 import psycopg
 from bench_events import EventMaker, base_ts_ms
-from bench_servers import Servers, run_then_stop, say
+from bench_servers import Servers, print_report, run_then_stop, say
 from cpu_meter import CpuMeter, CpuSplit, machine_busy_percent
 from loadgen_steady import SteadyResult, run_steady
 from loadgen_wrk import LoadResult, WrkMissing, run_wrk, wrk_path
@@ -398,10 +398,7 @@ def report(args: argparse.Namespace, r: Results) -> int:
             f"p99 {ss.percentile(99):.1f} ms, {len(ss.latencies_ms)} requests",
         ),
     ]
-    for label, ok, detail in checks:
-        w(f"{'PASS' if ok else 'FAIL'}  {label:<60} {detail}")
-    print("\n".join(lines), flush=True)
-    return 0 if all(ok for _, ok, _ in checks) else 1
+    return print_report(lines, checks, 60)
 
 
 def main(argv: list[str] | None = None) -> int:

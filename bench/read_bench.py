@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from bench_servers import Servers, run_then_stop, say, stop_process
+from bench_servers import Servers, print_report, run_then_stop, say, stop_process
 from ingest_bench import machine_load, wait_for_quiet
 from read_log import load
 from read_phases import (
@@ -197,10 +197,7 @@ def report(args: argparse.Namespace, results: list[SizeResult]) -> int:
             worst = max(r.lag.ages)
             checks.append((f"projector lag p95 < {LAG_TARGET_S:g} s, log {r.size:,}",
                            p95 < LAG_TARGET_S, f"p95 {p95:.2f} s, max {worst:.2f} s"))  # fmt: skip
-    for label, ok, detail in checks:
-        w(f"{'PASS' if ok else 'FAIL'}  {label:<52} {detail}")
-    print("\n".join(lines), flush=True)
-    return 0 if all(ok for _, ok, _ in checks) else 1
+    return print_report(lines, checks, 52)
 
 
 def main(argv: list[str] | None = None) -> int:
