@@ -3,10 +3,10 @@
 The webhook is the one request that comes by the thousand per second. Under load, Flask's
 request context, routing and hooks cost about as much CPU as everything the webhook does
 (measured with 16 concurrent connections on two cores: 1,600-1,900 requests/s through
-Flask, 2,300-2,400 on this path with the same request hooks). So a POST to a known
-provider is answered here, with the same checks in the same order, the same answers and
-the same errors as before; everything else (GET and HEAD on the URL, unknown providers,
-every other path) goes on to Flask.
+Flask, 2,300-2,400 on this path with the same request hooks). So a POST to
+/webhooks/<provider> is answered here, with the same checks in the same order, the same
+answers and the same errors as before; everything else (GET and HEAD on the URL, every
+other path) goes on to Flask.
 
 What the composition root adds around every request (request id, access line, timing)
 reaches this path as RequestHooks, the same way it is added to Flask with before/after
@@ -24,7 +24,7 @@ from werkzeug.exceptions import InternalServerError
 
 from ingest.answers import Headers, error_answer, json_bytes
 from ingest.auth import WebhookAuth
-from ingest.errors import DistribmailError, PayloadTooLarge
+from ingest.errors import DistribmailError, NotFound, PayloadTooLarge
 from ingest.pipeline import Receiver
 from ingest.providers import PROVIDERS
 
@@ -66,6 +66,12 @@ def read_body(environ: WSGIEnvironment, limit: int) -> bytes:
     return body
 
 
+def check_provider(name: str) -> None:
+    """Raise NotFound, naming the known providers, for a name that is not one of them."""
+    if name not in PROVIDERS:
+        raise NotFound(f"no provider named {name!r}; known: {', '.join(sorted(PROVIDERS))}")
+
+
 class WebhookEndpoint:
     """The webhook's POST: source and credentials (before the body is read), size, then
     the pipeline (JSON shape, append or spool)."""
@@ -78,6 +84,7 @@ class WebhookEndpoint:
 
     def answer(self, provider: str, environ: WSGIEnvironment) -> tuple[int, bytes, Headers]:
         try:
+            check_provider(provider)
             self.auth.check(
                 environ.get("HTTP_AUTHORIZATION"),
                 environ.get("HTTP_X_FORWARDED_FOR"),
@@ -113,7 +120,8 @@ class WebhookEndpoint:
 
 
 class WebhookWSGI:
-    """Sends POST /webhooks/<known provider> to the endpoint, anything else to `app`."""
+    """Sends POST /webhooks/<provider> to the endpoint (which answers 404 for a provider
+    we do not know), anything else to `app`."""
 
     def __init__(self, app: WSGIApp, endpoint: WebhookEndpoint) -> None:
         self.app = app
@@ -122,6 +130,7 @@ class WebhookWSGI:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         if environ.get("REQUEST_METHOD") == "POST":
             path: str = environ.get("PATH_INFO", "")
-            if path.startswith(PREFIX) and path[len(PREFIX) :] in PROVIDERS:
-                return self.endpoint.serve(path[len(PREFIX) :], environ, start_response)
+            provider = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
+            if provider and "/" not in provider:  # what the route <provider> matches
+                return self.endpoint.serve(provider, environ, start_response)
         return self.app(environ, start_response)
