@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, g, request
 from gunicorn import glogging
 
+from distribmail.log_writer import FLUSH_SECONDS, BackgroundWriter
 from ingest.auth import client_address
 from ingest.settings import PREFIX, env_networks, env_str
 from ingest.web import ENDPOINT
@@ -198,6 +199,13 @@ class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
+        self.background: BackgroundWriter | None = None
+
+    def write_in_background(self, every: float = FLUSH_SECONDS) -> None:
+        """From now on, lines below WARNING go out through a writer thread, every `every`
+        seconds."""
+        if self.background is None:
+            self.background = BackgroundWriter(lambda: sys.stderr, every)
 
     def handle(self, record: logging.LogRecord) -> bool:
         # As logging.Handler.handle, but the line is formatted before the handler's lock
@@ -210,6 +218,16 @@ class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return True
+        background = self.background
+        if background is not None:
+            try:
+                if record.levelno < logging.WARNING:
+                    background.put(line)
+                else:
+                    background.write_now(line)
+            except Exception:
+                self.handleError(record)
+            return True
         with self.lock:  # type: ignore[union-attr]
             # Whoever replaced sys.stderr since (gunicorn, pytest's capture) is followed.
             self.stream = sys.stderr
@@ -219,6 +237,20 @@ class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
             except Exception:
                 self.handleError(record)
         return True
+
+    def flush(self) -> None:
+        # logging.shutdown calls this at exit: what the writer thread holds goes out too.
+        if self.background is not None:
+            self.background.flush()
+        super().flush()
+
+
+def write_in_background() -> None:
+    """Write this process's log lines from a thread (distribmail.log_writer): for
+    `distribmail serve`'s workers, where a request line is written per request."""
+    handler = _root_handler()
+    if handler is not None:
+        handler.write_in_background()
 
 
 def _root_handler() -> _OurHandler | None:

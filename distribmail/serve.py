@@ -10,7 +10,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from distribmail import metrics
+from distribmail import logs, metrics
 from distribmail.app import SCHEMA_APPLIED
 from ingest.auth import has_configured_credentials, load_or_create_token
 from ingest.database import apply_schema
@@ -47,6 +47,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         from distribmail.app import create_app
 
         app = create_app()
+        logs.write_in_background()
         # What is alive now (the modules, the app) stays alive: out of the collector's
         # sight, a full collection walks only what requests made since, instead of pausing
         # a request for tens of milliseconds now and then (measured: p99 of 500-event

@@ -146,3 +146,24 @@ def test_a_second_start_reuses_the_data_folder_and_its_token(served):
     assert again.returncode == 0, again.stderr
     assert "schema applied" in again.stdout
     assert (data_dir / "webhook-token").read_text().strip() == first
+
+
+def test_the_request_lines_written_in_the_background_are_all_out_after_a_stop(served):
+    # serve's workers write INFO lines from a thread, a tenth of a second at a time
+    # (distribmail.log_writer): a graceful stop must not lose the last ones.
+    process, port, _, data_dir = served
+    token = (data_dir / "webhook-token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    ids = [f"serve-test-{n:04d}" for n in range(20)]
+    for request_id in ids:
+        headers = {**auth, "X-Request-Id": request_id}
+        status, _ = request(port, "POST", "/webhooks/brevo", json.dumps(event()), headers)
+        assert status == 200
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    logged = [
+        json.loads(line).get("request_id")
+        for line in output.splitlines()
+        if line.startswith("{") and '"distribmail.access"' in line
+    ]
+    assert sorted(i for i in logged if i in ids) == ids
