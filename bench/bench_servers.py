@@ -73,9 +73,15 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 class Servers:
     """Owns the temporary folder and every process started in it."""
 
-    def __init__(self, workers: int, threads: int) -> None:
+    def __init__(self, workers: int, threads: int, spread: bool = False) -> None:
         self.workers = workers
         self.threads = threads
+        # SO_REUSEPORT on each worker's own socket (gunicorn's reuse_port), for both the
+        # receiver and the bare app: the kernel then spreads new connections over the
+        # workers. Without it, whichever worker wakes first may accept all of wrk's
+        # connections at once, and either server runs on one worker (measured: the bare
+        # app 2,300 req/s instead of 7,500, the receiver 1,500 instead of 2,600).
+        self.spread = spread
         # Short path under /tmp: PostgreSQL's unix socket lives in its folder (~100 chars).
         self.folder = Path(tempfile.mkdtemp(prefix="dmbench-"))
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -130,6 +136,10 @@ class Servers:
             "--workers", str(self.workers), "--threads", str(self.threads),
         ]
         # fmt: on
+        if self.spread:
+            config = self.folder / "spread.conf.py"
+            config.write_text("reuse_port = True\n")
+            command += ["--config", str(config)]
         process = self._spawn(command, env, f"{name}.log")
         url = f"http://127.0.0.1:{port}"
         wait_ready(url + "/readyz", process)
@@ -147,6 +157,7 @@ class Servers:
             "--timeout", str(GUNICORN_SETTINGS["timeout"]),
             "--graceful-timeout", str(GUNICORN_SETTINGS["graceful_timeout"]),
             "--keep-alive", str(GUNICORN_SETTINGS["keepalive"]),
+            *(["--reuse-port"] if self.spread else []),
             "bare_app:app",
         ]
         # fmt: on

@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra environment for `distribmail serve`, e.g. DISTRIBMAIL_PROJECTOR=off",
     )
     p.add_argument(
+        "--no-spread",
+        action="store_true",
+        help="leave out SO_REUSEPORT (as serve's defaults do): how wrk's connections fall"
+        " over the workers is then left to chance, for both servers",
+    )
+    p.add_argument(
         "--no-all-in-one",
         action="store_true",
         help="skip the phases of the service as installed (projector in the same processes)",
@@ -302,6 +308,11 @@ def report(args: argparse.Namespace, r: Results) -> int:
         f" threads; wrk keep-alive, {args.connections} connections (single) /"
         f" {args.batch_connections} (batch); {args.reps} x {args.duration:g} s per phase, medians"
     )
+    if not args.no_spread:
+        w(
+            "both servers with SO_REUSEPORT (gunicorn reuse_port), so that the kernel spreads"
+            " wrk's connections over the workers alike for both"
+        )
     w(f"machine: {machine_load()} at the end")
     w(
         "receiver: distribmail serve with DISTRIBMAIL_PROJECTOR=off (the receiver alone; the"
@@ -408,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     except WrkMissing as e:
         say(f"bench: {e}")
         return 2
-    servers = Servers(args.workers, args.threads)
+    servers = Servers(args.workers, args.threads, spread=not args.no_spread)
     return run_then_stop(servers, lambda: run_bench(args, servers))
 
 
