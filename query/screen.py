@@ -6,7 +6,8 @@ click, "show more" and the refresh every few seconds. The views are thin: they p
 query string with the read API's own schemas, call the read functions (query.reads), and
 hand the rows to the templates. The routes, and the checks each makes:
 
-    GET  /login, POST /login     public; POST compares the password in constant time
+    GET  /login, POST /login     public; POST compares the password in constant time,
+                                 and refuses an address after 10 wrong ones in 5 minutes
     POST /logout                 clears the session
     GET  /                       session; the list (from, to, status, q)
     GET  /rows                   session (else 401 JSON); a page of rows as HTML, in JSON
@@ -17,8 +18,9 @@ hand the rows to the templates. The routes, and the checks each makes:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,8 +44,10 @@ from flask import (
 from psycopg_pool import ConnectionPool
 from werkzeug.datastructures import MultiDict
 
+from ingest.auth import client_address
 from ingest.database import open_pool
 from ingest.errors import DatabaseUnavailable, DistribmailError, NotFound
+from ingest.settings import IPNetwork, env_networks
 from ingest.web import CLOSERS
 from query import screen_views as views
 from query.api import POOL as API_POOL
@@ -56,6 +60,7 @@ from query.api_schemas import (
     filters_of,
     load_query,
 )
+from query.login_throttle import LoginThrottle
 from query.reads import Filters, Page, count_messages, get_message, list_messages, status_of
 from query.screen_auth import ScreenAuth, ScreenSessions, safe_next
 from query.screen_csv import csv_lines
@@ -96,6 +101,8 @@ class Screen:
     settings: ReadSettings
     auth: ScreenAuth
     asset_version: str
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 def mount_screen(app: Flask, env: Mapping[str, str], url: str) -> Screen:
@@ -111,10 +118,11 @@ def mount_screen(app: Flask, env: Mapping[str, str], url: str) -> Screen:
         app.extensions.setdefault(CLOSERS, []).append(pool.close)
     # Changed with every deployment of new CSS/JS, so browsers never mix old and new.
     version = str(max(int(p.stat().st_mtime) for p in STATIC.iterdir()))
-    screen = Screen(pool, settings, auth, version)
+    trusted = env_networks(env, "TRUSTED_PROXIES")
+    screen = Screen(pool, settings, auth, version, trusted)
     app.extensions[SCREEN] = screen
     app.secret_key = auth.secret_key
-    app.session_interface = ScreenSessions(f"{bp.name}.")
+    app.session_interface = ScreenSessions(f"{bp.name}.", trusted)
     app.config.update(
         SESSION_COOKIE_NAME="distribmail_session",
         SESSION_COOKIE_HTTPONLY=True,
@@ -197,7 +205,24 @@ def login() -> Any:
     target = safe_next(request.values.get("next")) or url_for("screen.message_list")
     wrong = False
     if request.method == "POST" and auth.configured:
+        screen = _screen()
+        client = str(
+            client_address(
+                request.remote_addr, request.headers.get("X-Forwarded-For"), screen.trusted_proxies
+            )
+        )
+        wait = screen.throttle.retry_after(client)
+        if wait:
+            page = render_template(
+                "screen/login.html",
+                configured=True,
+                wrong=False,
+                next=target,
+                wait_minutes=math.ceil(wait / 60),
+            )
+            return page, 429, {"Retry-After": str(wait)}
         if auth.check(request.form.get("password", "")):
+            screen.throttle.succeeded(client)
             lang = g.lang
             # A fresh session: nothing set before the login survives it (session fixation).
             session.clear()
@@ -205,6 +230,7 @@ def login() -> Any:
             session["lang"] = lang
             session.permanent = True
             return redirect(target)
+        screen.throttle.failed(client)
         wrong = True
     status = 401 if wrong else 200
     page = render_template(

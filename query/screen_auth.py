@@ -3,9 +3,11 @@
 The password is DISTRIBMAIL_UI_PASSWORD, or any of the read API's tokens (whoever holds
 one may read the same data through the API anyway). The session is Flask's: a cookie
 signed with the secret key (DISTRIBMAIL_SECRET_KEY, else one generated once into the data
-folder, so that sessions survive a restart and every worker signs alike), HttpOnly and
-SameSite=Strict. SameSite=Strict is also what protects the POST forms (logout) from other
-sites: the browser does not send the cookie on a cross-site request at all.
+folder, so that sessions survive a restart and every worker signs alike), HttpOnly,
+SameSite=Strict, and Secure whenever the browser came over https (behind nginx: told by
+X-Forwarded-Proto from a DISTRIBMAIL_TRUSTED_PROXIES address). SameSite=Strict is also
+what protects the POST forms (logout) from other sites: the browser does not send the
+cookie on a cross-site request at all.
 
 Only the screen's pages use the session, and the other routes (webhooks above all) are
 the busy ones: `ScreenSessions` opens it only for a path the screen serves, and builds its
@@ -16,18 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Request
+from flask import Flask, Request, has_request_context, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 
 from ingest.secret_files import load_or_create
-from ingest.settings import env_str
+from ingest.settings import IPNetwork, env_str
 from query.settings import ReadSettings
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,23 @@ class ScreenAuth:
         return hmac.new(self.secret_key, material, hashlib.sha256).hexdigest()[:32]
 
 
+def came_over_https(request: Request, trusted_proxies: tuple[IPNetwork, ...]) -> bool:
+    """The request reached us over https, or a trusted proxy's X-Forwarded-Proto says the
+    browser's did (the last value: the one the nearest proxy set)."""
+    if request.scheme == "https":
+        return True
+    forwarded = request.headers.get("X-Forwarded-Proto")
+    if not forwarded:
+        return False
+    try:
+        peer = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    if not any(peer in net for net in trusted_proxies):
+        return False
+    return forwarded.split(",")[-1].strip().lower() == "https"
+
+
 def load_or_create_secret_key(data_dir: Path) -> bytes:
     """The key generated once and kept in `<data_dir>/secret-key` (mode 0600)."""
     key, created = load_or_create(data_dir / SECRET_KEY_FILE, nbytes=48)
@@ -95,8 +115,9 @@ class ScreenSessions(SecureCookieSessionInterface):
     start with `endpoint_prefix` (a blueprint's); everywhere else Flask gets a null session,
     which it never reads from a cookie nor saves."""
 
-    def __init__(self, endpoint_prefix: str) -> None:
+    def __init__(self, endpoint_prefix: str, trusted_proxies: tuple[IPNetwork, ...] = ()) -> None:
         self.endpoint_prefix = endpoint_prefix
+        self.trusted_proxies = trusted_proxies
         # The first segments of those endpoints' paths ("" for "/"), read from the app's URL
         # map on the first request (it is complete by then); None: every path.
         self._segments: frozenset[str] | None = None
@@ -120,6 +141,16 @@ class ScreenSessions(SecureCookieSessionInterface):
         if self._segments is not None and request.path.split("/", 2)[1] not in self._segments:
             return None  # not one of ours: Flask makes a null session
         return super().open_session(app, request)
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        """Secure (sent back over https only) when the browser came over https: straight,
+        or through a trusted proxy that says so (nginx's X-Forwarded-Proto). Over plain
+        http (the quick start on localhost) a Secure cookie would never come back."""
+        if app.config["SESSION_COOKIE_SECURE"]:
+            return True
+        if not has_request_context():
+            return False
+        return came_over_https(request, self.trusted_proxies)
 
     def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
         # Built again only when the key (or its fallbacks) changed since.

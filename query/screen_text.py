@@ -62,6 +62,10 @@ _STRINGS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "sign_in": ("Se connecter", "Sign in"),
     "sign_out": ("Se déconnecter", "Sign out"),
     "wrong_password": ("Mot de passe incorrect.", "Wrong password."),
+    "too_many_tries": (
+        "Trop d'essais depuis cette adresse : réessayez dans {} min.",
+        "Too many tries from this address: try again in {} min.",
+    ),
     "no_password": (
         "Aucun mot de passe n'est configuré. Définissez DISTRIBMAIL_UI_PASSWORD (ou "
         "DISTRIBMAIL_API_TOKENS) dans l'environnement du service, puis redémarrez-le.",
