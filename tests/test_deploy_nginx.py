@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,3 +317,15 @@ def test_private_paths_answer_our_network_with_a_token(stack):
         r'provider="brevo"\} 1\.0',
         text,
     ), text
+
+
+def test_the_screen_cookie_is_secure_behind_nginx_tls(stack):
+    # nginx terminates TLS and says so in X-Forwarded-Proto; the app trusts it from
+    # 127.0.0.1 (DISTRIBMAIL_TRUSTED_PROXIES), so the session cookie only goes back on https.
+    body = urllib.parse.urlencode({"password": API_TOKEN}).encode()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, headers, _ = stack.request(ALLOWED, "POST", "/login", body, form)
+    assert status == 302
+    cookie = headers["Set-Cookie"]
+    assert cookie.startswith("distribmail_session=")
+    assert "; Secure" in cookie
