@@ -16,18 +16,27 @@ import resource
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import query.replay
+import query.replay_rebuild
 from query.replay import replay
 
-# VmHWM after each step of the replay, to tell which one a growth of the peak comes from.
-STEPS = ("_split", "_fold_in_workers", "_fold_range", "index_like_live", "_catch_up_unlocked",
-         "_swap")  # fmt: skip
+# VmHWM after each step of the replay, to tell which one a growth of the peak comes from:
+# each step as the module that calls it looks it up.
+STEPS = (
+    (query.replay_rebuild, "_split"),
+    (query.replay_rebuild, "_fold_in_workers"),
+    (query.replay_rebuild, "_fold_range"),
+    (query.replay_rebuild, "index_like_live"),
+    (query.replay, "_catch_up_unlocked"),
+    (query.replay, "_swap"),
+)
 peaks: dict[str, int] = {}
 
 
-def _traced(name: str) -> None:
-    step = getattr(query.replay, name)
+def _traced(module: ModuleType, name: str) -> None:
+    step = getattr(module, name)
 
     def run(*args: object, **kwargs: object) -> object:
         try:
@@ -35,11 +44,11 @@ def _traced(name: str) -> None:
         finally:
             peaks[name] = _peak_kib()
 
-    setattr(query.replay, name, run)
+    setattr(module, name, run)
 
 
-for _name in STEPS:
-    _traced(_name)
+for _module, _name in STEPS:
+    _traced(_module, _name)
 
 
 def _peak_kib() -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import ClauseElement
 
@@ -33,6 +34,11 @@ def compile_sql(statement: ClauseElement) -> tuple[str, dict[str, Any]]:
     """SQL text in psycopg's %(name)s style and its bound parameters."""
     compiled = statement.compile(dialect=DIALECT)
     return str(compiled), dict(compiled.params)
+
+
+def text_sql(statement: str) -> str:
+    """A textual statement with :name parameters, in psycopg's %(name)s style."""
+    return compile_sql(text(statement))[0]
 
 
 def binary_parameters(sql: str) -> str:

@@ -20,19 +20,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from sqlalchemy import text
 
-from ingest.database import compile_sql
+from ingest.database import text_sql
 from ingest.errors import DistribmailError
 from query.projection import COLUMNS, LIVE_TABLE, REBUILD_TABLE
 
-
-def _sql(statement: str) -> str:
-    return compile_sql(text(statement))[0]
-
-
 # The definition without its name and table: "btree (sent_at DESC, id DESC)".
-_INDEXES = _sql(
+_INDEXES = text_sql(
     """
     SELECT c.relname AS index_name, con.conname AS constraint_name,
            pg_get_constraintdef(con.oid) AS constraint_definition,
@@ -45,8 +39,8 @@ _INDEXES = _sql(
      ORDER BY c.relname
     """
 )
-_DROP_LIVE = _sql(f"DROP TABLE {LIVE_TABLE}")
-_RENAME_REBUILD = _sql(f"ALTER TABLE {REBUILD_TABLE} RENAME TO {LIVE_TABLE}")
+_DROP_LIVE = text_sql(f"DROP TABLE {LIVE_TABLE}")
+_RENAME_REBUILD = text_sql(f"ALTER TABLE {REBUILD_TABLE} RENAME TO {LIVE_TABLE}")
 
 _DIFFERS = " OR ".join(
     [
@@ -57,14 +51,14 @@ _DIFFERS = " OR ".join(
     ]
 )
 _JOINED = f"FROM {REBUILD_TABLE} r FULL JOIN {LIVE_TABLE} m ON m.id = r.id WHERE ({_DIFFERS})"
-_COUNT_CHANGES = _sql(
+_COUNT_CHANGES = text_sql(
     f"""
     SELECT count(*) FILTER (WHERE m.status IS DISTINCT FROM r.status) AS status_changes,
            count(*) FILTER (WHERE m.status IS NOT DISTINCT FROM r.status) AS other_changes
       {_JOINED}
     """
 )
-_STATUS_CHANGES = _sql(
+_STATUS_CHANGES = text_sql(
     f"""
     SELECT COALESCE(r.id, m.id) AS id, COALESCE(r.message_id, m.message_id) AS message_id,
            COALESCE(r.recipient, m.recipient) AS recipient, m.status AS old, r.status AS new
@@ -131,7 +125,7 @@ def index_like_live(conn: psycopg.Connection[Any]) -> None:
 # The live table's grants to other roles (PUBLIC as grantee 0): a table made LIKE another
 # copies none, so a role the service runs as (schema.sql's distribmail_app, an admin's
 # read-only role) would lose the projection at the first replay.
-_SELECT_GRANTS = _sql(f"""
+_SELECT_GRANTS = text_sql(f"""
     SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE a.grantee::regrole::text END AS grantee,
            a.privilege_type, a.is_grantable
       FROM pg_class AS c, aclexplode(c.relacl) AS a
