@@ -145,9 +145,17 @@ class Servers:
         wait_ready(url + "/readyz", process)
         return url, process
 
-    def start_bare(self) -> tuple[str, subprocess.Popen[bytes]]:
-        """bare_app under gunicorn with the receiver's settings."""
+    def start_bare(self, pin: bool = True) -> tuple[str, subprocess.Popen[bytes]]:
+        """bare_app under gunicorn with the receiver's settings; `pin`: one CPU per worker,
+        as `distribmail serve` does unless DISTRIBMAIL_PIN_WORKERS=off."""
         port = free_port()
+        config = self.folder / "bare.conf.py"
+        config.write_text(
+            "from distribmail.cpu_pinning import choose_cpu as pre_fork\n"
+            "from distribmail.cpu_pinning import pin_to_cpu as post_fork\n"
+            if pin
+            else ""
+        )
         # fmt: off
         command = [
             str(VENV_BIN / "gunicorn"), "--pythonpath", str(BENCH_DIR),
@@ -158,6 +166,7 @@ class Servers:
             "--graceful-timeout", str(GUNICORN_SETTINGS["graceful_timeout"]),
             "--keep-alive", str(GUNICORN_SETTINGS["keepalive"]),
             *(["--reuse-port"] if self.spread else []),
+            "--config", str(config),
             "bare_app:app",
         ]
         # fmt: on

@@ -35,6 +35,8 @@ from cpu_meter import CpuMeter, CpuSplit, machine_busy_percent
 from loadgen_steady import SteadyResult, run_steady
 from loadgen_wrk import LoadResult, WrkMissing, run_wrk, wrk_path
 
+from ingest.settings import env_switch
+
 PATH = "/webhooks/brevo"
 
 # The issue's targets.
@@ -50,6 +52,16 @@ INSTALLED_DATABASE = "distribmail_installed"
 
 # Below this (percent of one core, whole machine) nothing else is running to speak of.
 QUIET_PERCENT = 25.0
+
+
+def _extra_env(args: argparse.Namespace) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in args.receiver_env)
+
+
+def _pinned(args: argparse.Namespace) -> bool:
+    """Whether serve pins its workers to CPUs with the receiver's environment: the bare
+    app is then pinned too."""
+    return env_switch({**os.environ, **_extra_env(args)}, "PIN_WORKERS", True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -172,9 +184,9 @@ def run_bench(args: argparse.Namespace, servers: Servers) -> int:
     say(f"bench: folder {servers.folder}")
     wait_for_quiet(args.quiet_wait)
     url_db = servers.start_database()
-    extra_env = dict(item.split("=", 1) for item in args.receiver_env)
+    extra_env = _extra_env(args)
     receiver_url, receiver = servers.start_receiver(token, {**RECEIVER_ALONE, **extra_env})
-    bare_url, bare_server = servers.start_bare()
+    bare_url, bare_server = servers.start_bare(pin=_pinned(args))
     say(f"bench: receiver {receiver_url}, bare app {bare_url}")
     installed: tuple[str, subprocess.Popen[bytes], str] | None = None
     if not args.no_all_in_one:
@@ -313,6 +325,8 @@ def report(args: argparse.Namespace, r: Results) -> int:
             "both servers with SO_REUSEPORT (gunicorn reuse_port), so that the kernel spreads"
             " wrk's connections over the workers alike for both"
         )
+    pinning = "one CPU per worker (serve's default)" if _pinned(args) else "none"
+    w(f"workers pinned, both servers alike: {pinning}")
     w(f"machine: {machine_load()} at the end")
     w(
         "receiver: distribmail serve with DISTRIBMAIL_PROJECTOR=off (the receiver alone; the"

@@ -10,11 +10,11 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from distribmail import logs, metrics
+from distribmail import cpu_pinning, logs, metrics
 from distribmail.app import SCHEMA_APPLIED
 from ingest.auth import has_configured_credentials, load_or_create_token
 from ingest.database import apply_schema
-from ingest.settings import IngestSettings
+from ingest.settings import IngestSettings, env_switch
 from ingest.wiring import database_url
 
 
@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         "logger_class": "distribmail.logs.GunicornLogger",
         "child_exit": metrics.child_exit,
     }
+    if env_switch(os.environ, "PIN_WORKERS", True):
+        defaults.update(pre_fork=cpu_pinning.choose_cpu, post_fork=cpu_pinning.pin_to_cpu)
     given = {"bind": f"{args.host}:{args.port}", "workers": args.workers, "threads": args.threads}
     _Gunicorn(defaults, args.config, {k: v for k, v in given.items() if v is not None}).run()
     return 0

@@ -30,6 +30,20 @@ def env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+_SWITCH = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+
+
+def env_switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """`on` or `off` (also true/false, 1/0)."""
+    raw = env_str(env, name)
+    if raw is None:
+        return default
+    try:
+        return _SWITCH[raw.lower()]
+    except KeyError:
+        raise ConfigError(f"{PREFIX}{name} must be on or off, not {raw!r}") from None
+
+
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env_str(env, name)
     if raw is None:

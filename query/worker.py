@@ -24,14 +24,13 @@ from typing import Any
 from flask import Flask
 
 from ingest.errors import ConfigError
-from ingest.settings import PREFIX, env_float, env_int, env_str
+from ingest.settings import PREFIX, env_float, env_int, env_switch
 from ingest.web import CLOSERS, READINESS, ReadinessCheck
 from query.projector import Projector
 
 log = logging.getLogger(__name__)
 
 PROJECTOR = "distribmail.projector"  # app.extensions key: the running Projector
-_SWITCH = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 
 @dataclass(frozen=True)
@@ -43,11 +42,8 @@ class ProjectorSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ProjectorSettings:
-        switch = (env_str(env, "PROJECTOR", "on") or "on").lower()
-        if switch not in _SWITCH:
-            raise ConfigError(f"{PREFIX}PROJECTOR must be on or off, not {switch!r}")
         settings = cls(
-            enabled=_SWITCH[switch],
+            enabled=env_switch(env, "PROJECTOR", True),
             batch_size=env_int(env, "PROJECTOR_BATCH", 500),
             poll_interval=env_float(env, "PROJECTOR_POLL", 1.0),
             max_lag=env_float(env, "PROJECTION_MAX_LAG", 300.0),
