@@ -201,11 +201,11 @@ def _context() -> dict[str, Any]:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    auth = _screen().auth
+    screen = _screen()
+    auth = screen.auth
     target = safe_next(request.values.get("next")) or url_for("screen.message_list")
     wrong = False
     if request.method == "POST" and auth.configured:
-        screen = _screen()
         client = str(
             client_address(
                 request.remote_addr, request.headers.get("X-Forwarded-For"), screen.trusted_proxies
