@@ -136,6 +136,10 @@ def sign_in(page: Page, live: Live, query: str = DAY_QUERY) -> None:
     page.get_by_label("Mot de passe").fill(PASSWORD)
     page.get_by_role("button", name="Se connecter").click()
     expect(page.locator("#rows tr[data-id]").first).to_be_visible()
+    # screen.js is deferred: its key and click handlers exist only once the document is
+    # parsed. A key pressed before that is lost (a test that pressed Enter at once failed
+    # now and then).
+    page.wait_for_load_state("domcontentloaded")
 
 
 def rows(page: Page) -> Any:
