@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import psutil
@@ -78,13 +79,20 @@ def test_the_switch_takes_on_and_off_and_refuses_anything_else():
         env_switch({"DISTRIBMAIL_PIN_WORKERS": "maybe"}, "PIN_WORKERS", True)
 
 
+def gunicorn_workers(master: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(master).children() if p.name() != "postgres"]
+
+
 def test_serve_starts_its_workers_pinned_one_per_cpu(served):  # noqa: F811
     process, port, _, _ = served
     assert request(port, "GET", "/healthz")[0] == 200
-    workers = psutil.Process(process.pid).children()
-    gunicorn_workers = [w for w in workers if "postgres" not in w.name()]
-    affinities = [tuple(w.cpu_affinity()) for w in gunicorn_workers]
-    assert len(affinities) == 2, [w.cmdline() for w in gunicorn_workers]
+    # The fixture waits for the first worker only: the second may still be forking.
+    deadline = time.monotonic() + 30
+    while len(workers := gunicorn_workers(process.pid)) < 2:
+        assert time.monotonic() < deadline, [w.cmdline() for w in workers]
+        time.sleep(0.1)
+    affinities = [tuple(w.cpu_affinity()) for w in workers]
+    assert len(affinities) == 2, [w.cmdline() for w in workers]
     assert all(len(cpus) == 1 for cpus in affinities), affinities
     if len(os.sched_getaffinity(0)) >= 2:
         assert affinities[0] != affinities[1]  # the two workers share the CPUs out
