@@ -11,6 +11,8 @@ the CPUs idle 25% -> 7% of the time; the bare Flask endpoint 7,300 -> 7,900 requ
 The CPUs are the ones the master may run on (taskset, a cgroup's cpuset), handed out so
 that each holds as few live workers as possible: a worker started again after a crash
 takes the CPU its predecessor left. PostgreSQL and everything else still run anywhere.
+The price: a pinned worker cannot move off a CPU that something else keeps busy, which
+showed in the bench as a longer tail (docs/scaling.md); DISTRIBMAIL_PIN_WORKERS=off then.
 """
 
 from __future__ import annotations
