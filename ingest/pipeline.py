@@ -200,6 +200,13 @@ class Receiver:
             stored = self._committer.submit(events, len(events))
         else:  # replayed from the spool or pulled: kept apart, with its own receive time
             stored = recorder.insert_events(self.pool, events, received_at)
+        if self._down_until:
+            # The database took rows (the drainer's, most likely): it is back, so the
+            # next webhooks go to it rather than to the spool for what is left of the
+            # backoff. Before the drainer deletes its file: never a moment when the spool
+            # is empty yet webhooks are still sent to it.
+            with self._lock:
+                self._down_until = 0.0
         if stored and self.notifier is not None:
             self.notifier.poke()
         return stored

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import UTC, datetime
 
 import pytest
 
 from ingest.spool import MAX_ATTEMPTS, Spool, SpooledRequest
+from ingest.web import RECEIVER
 from tests.payloads import event
 from tests.servers import StoppableServer, wait_until
 
@@ -59,6 +61,26 @@ def test_spooled_events_keep_their_receive_time(tmp_path, database_url, make_app
     assert wait_until(lambda: spool.pending() == [])
     assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 1
     assert db.execute("SELECT received_at FROM events").fetchone()[0] == received
+
+
+def test_once_the_drain_succeeds_webhooks_go_to_the_database_again_at_once(
+    stoppable, make_app, auth_headers, tmp_path
+):
+    # After a failure the receiver sends webhooks straight to the spool for a second
+    # (DOWN_BACKOFF_SECONDS). A drained spool file proves the database is back: the
+    # next webhook must be stored, not spooled, however soon it comes.
+    data = tmp_path / "data"
+    app = make_app(DISTRIBMAIL_DATABASE_URL=stoppable.url, DISTRIBMAIL_DATA_DIR=str(data))
+    client = app.test_client()
+    stoppable.stop()
+    down = client.post("/webhooks/brevo", json=event(ts_epoch=1685543900000), headers=auth_headers)
+    assert down.get_json()["spooled"] == 1
+    # As if it had only just failed, whenever the drainer thread gets to the file.
+    app.extensions[RECEIVER]._down_until = time.monotonic() + 3600
+    stoppable.start()
+    assert wait_until(lambda: not list((data / "spool").glob("*.json")))
+    after = client.post("/webhooks/brevo", json=event(ts_epoch=1685543901000), headers=auth_headers)
+    assert after.get_json() == {"received": 1, "stored": 1, "duplicates": 0}
 
 
 def test_spool_unwritable_and_database_down_is_429(stoppable, make_app, auth_headers, tmp_path):
