@@ -35,6 +35,10 @@ def _same(given: bytes, expected: bytes) -> bool:
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def in_networks(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    return any(address in net for net in networks)
+
+
 def client_address(
     remote_addr: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]
 ) -> IPAddress | None:
@@ -44,14 +48,14 @@ def client_address(
         address = ipaddress.ip_address(remote_addr or "")
     except ValueError:
         return None
-    if not forwarded_for or not any(address in net for net in trusted):
+    if not forwarded_for or not in_networks(address, trusted):
         return address
     for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
         try:
             address = ipaddress.ip_address(hop)
         except ValueError:
             return None  # a forged or broken header: trust nothing
-        if not any(address in net for net in trusted):
+        if not in_networks(address, trusted):
             return address
     return address
 
@@ -89,7 +93,7 @@ class WebhookAuth:
             remote_addr: str | None, forwarded_for: str | None
         ) -> tuple[bool, IPAddress | None]:
             client = client_address(remote_addr, forwarded_for, self.trusted_proxies)
-            return client is not None and any(client in net for net in self.allow), client
+            return client is not None and in_networks(client, self.allow), client
 
         return source
 

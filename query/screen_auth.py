@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from flask import Flask, Request, has_request_context, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 
+from ingest.auth import client_address, in_networks
 from ingest.secret_files import load_or_create
 from ingest.settings import IPNetwork, env_str
 from query.settings import ReadSettings
@@ -83,11 +83,8 @@ def came_over_https(request: Request, trusted_proxies: tuple[IPNetwork, ...]) ->
     forwarded = request.headers.get("X-Forwarded-Proto")
     if not forwarded:
         return False
-    try:
-        peer = ipaddress.ip_address(request.remote_addr or "")
-    except ValueError:
-        return False
-    if not any(peer in net for net in trusted_proxies):
+    peer = client_address(request.remote_addr, None, ())  # the peer itself, no header
+    if peer is None or not in_networks(peer, trusted_proxies):
         return False
     return forwarded.split(",")[-1].strip().lower() == "https"
 
