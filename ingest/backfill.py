@@ -20,10 +20,9 @@ from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
-from sqlalchemy import text
 
 from ingest.brevo_api import BrevoBadResponse, BrevoClient, events_page
-from ingest.database import compile_sql
+from ingest.database import text_sql
 from ingest.errors import BadRequest, DatabaseUnavailable, DistribmailError
 from ingest.pipeline import Receiver
 from ingest.providers import brevo_pull
@@ -60,36 +59,30 @@ def split_range(start: date, end: date, days: int = CHUNK_DAYS) -> list[Chunk]:
 
 # --- progress, in backfill_progress (schema.sql) ----------------------------------------
 
-_SELECT_PROGRESS, _ = compile_sql(
-    text(
-        """
-        SELECT chunk_start, chunk_end, next_offset, done, skipped_offsets
-          FROM backfill_progress
-         WHERE provider = :provider AND range_start = :range_start AND range_end = :range_end
-        """
-    )
+_SELECT_PROGRESS = text_sql(
+    """
+    SELECT chunk_start, chunk_end, next_offset, done, skipped_offsets
+      FROM backfill_progress
+     WHERE provider = :provider AND range_start = :range_start AND range_end = :range_end
+    """
 )
-_UPSERT_PROGRESS, _ = compile_sql(
-    text(
-        """
-        INSERT INTO backfill_progress (provider, range_start, range_end, chunk_start,
-                                       chunk_end, next_offset, done, skipped_offsets)
-        VALUES (:provider, :range_start, :range_end, :chunk_start,
-                :chunk_end, :next_offset, :done, CAST(:skipped_offsets AS integer[]))
-        ON CONFLICT (provider, range_start, range_end, chunk_start) DO UPDATE
-           SET chunk_end = EXCLUDED.chunk_end, next_offset = EXCLUDED.next_offset,
-               done = EXCLUDED.done, skipped_offsets = EXCLUDED.skipped_offsets,
-               updated_at = now()
-        """
-    )
+_UPSERT_PROGRESS = text_sql(
+    """
+    INSERT INTO backfill_progress (provider, range_start, range_end, chunk_start,
+                                   chunk_end, next_offset, done, skipped_offsets)
+    VALUES (:provider, :range_start, :range_end, :chunk_start,
+            :chunk_end, :next_offset, :done, CAST(:skipped_offsets AS integer[]))
+    ON CONFLICT (provider, range_start, range_end, chunk_start) DO UPDATE
+       SET chunk_end = EXCLUDED.chunk_end, next_offset = EXCLUDED.next_offset,
+           done = EXCLUDED.done, skipped_offsets = EXCLUDED.skipped_offsets,
+           updated_at = now()
+    """
 )
-_DELETE_PROGRESS, _ = compile_sql(
-    text(
-        """
-        DELETE FROM backfill_progress
-         WHERE provider = :provider AND range_start = :range_start AND range_end = :range_end
-        """
-    )
+_DELETE_PROGRESS = text_sql(
+    """
+    DELETE FROM backfill_progress
+     WHERE provider = :provider AND range_start = :range_start AND range_end = :range_end
+    """
 )
 
 

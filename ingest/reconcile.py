@@ -23,10 +23,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import text
 
 from ingest.brevo_api import BrevoClient, BrevoSettings, events_page
-from ingest.database import compile_sql
+from ingest.database import text_sql
 from ingest.errors import DatabaseUnavailable, DistribmailError
 from ingest.pipeline import Receiver
 from ingest.providers import brevo_pull
@@ -46,28 +45,26 @@ _API_NAMES, _WEBHOOK_NAMES = zip(
 # Of the rows this append stored (its keys, stamped with its own received_at), those with
 # no webhook row of the same step in the same second. The webhook has milliseconds, the
 # API truncates to the second (as query.fold assumes when it merges the two).
-_COUNT_MISSED, _ = compile_sql(
-    text(
-        """
-        SELECT count(*) AS missed
-          FROM events AS a
-         WHERE a.dedup_key = ANY(CAST(:keys AS bytea[]))
-           AND a.received_at = :received_at
-           AND a.problem IS NULL
-           AND NOT EXISTS (
-                 SELECT 1
-                   FROM events AS w
-                   JOIN unnest(CAST(:api_names AS text[]), CAST(:webhook_names AS text[]))
-                        AS twin(api_name, webhook_name) ON twin.webhook_name = w.event
-                  WHERE twin.api_name = a.event
-                    AND w.provider = a.provider
-                    AND w.source = ANY(CAST(:webhook_sources AS text[]))
-                    AND w.message_id = a.message_id
-                    AND w.recipient = a.recipient
-                    AND w.event_at >= a.event_at
-                    AND w.event_at < a.event_at + interval '1 second')
-        """
-    )
+_COUNT_MISSED = text_sql(
+    """
+    SELECT count(*) AS missed
+      FROM events AS a
+     WHERE a.dedup_key = ANY(CAST(:keys AS bytea[]))
+       AND a.received_at = :received_at
+       AND a.problem IS NULL
+       AND NOT EXISTS (
+             SELECT 1
+               FROM events AS w
+               JOIN unnest(CAST(:api_names AS text[]), CAST(:webhook_names AS text[]))
+                    AS twin(api_name, webhook_name) ON twin.webhook_name = w.event
+              WHERE twin.api_name = a.event
+                AND w.provider = a.provider
+                AND w.source = ANY(CAST(:webhook_sources AS text[]))
+                AND w.message_id = a.message_id
+                AND w.recipient = a.recipient
+                AND w.event_at >= a.event_at
+                AND w.event_at < a.event_at + interval '1 second')
+    """
 )
 
 _counters = {"runs": 0, "failures": 0, "pulled": 0, "stored": 0, "missed_by_webhook": 0}

@@ -21,9 +21,8 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
-from sqlalchemy import text
 
-from ingest.database import binary_parameters, compile_sql
+from ingest.database import binary_parameters, text_sql
 from ingest.errors import DatabaseUnavailable
 from ingest.events import NormalizedEvent, spell_out_unstorable, storable
 
@@ -36,38 +35,34 @@ log = logging.getLogger(__name__)
 # events: 24 against 30 us an event).
 ARRAYS_FROM = 32
 
-_INSERT_JSON_SQL, _ = compile_sql(
-    text(
-        """
-        INSERT INTO events (provider, source, dedup_key, message_id, recipient, event,
-                            event_at, problem, payload, received_at)
-        SELECT provider, source, decode(dedup_key, 'hex'), message_id, recipient, event,
-               event_at, problem, payload, COALESCE(:received_at, now())
-          FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-               AS appended(provider text, source text, dedup_key text, message_id text,
-                           recipient text, event text, event_at timestamptz, problem text,
-                           payload jsonb)
-        ON CONFLICT (dedup_key, event_at) DO NOTHING
-        """
-    )
+_INSERT_JSON_SQL = text_sql(
+    """
+    INSERT INTO events (provider, source, dedup_key, message_id, recipient, event,
+                        event_at, problem, payload, received_at)
+    SELECT provider, source, decode(dedup_key, 'hex'), message_id, recipient, event,
+           event_at, problem, payload, COALESCE(:received_at, now())
+      FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+           AS appended(provider text, source text, dedup_key text, message_id text,
+                       recipient text, event text, event_at timestamptz, problem text,
+                       payload jsonb)
+    ON CONFLICT (dedup_key, event_at) DO NOTHING
+    """
 )
-_INSERT_ARRAYS_SQL, _ = compile_sql(
-    text(
-        """
-        INSERT INTO events (provider, source, dedup_key, message_id, recipient, event,
-                            event_at, problem, payload, received_at)
-        SELECT provider, source, dedup_key, message_id, recipient, event,
-               event_at, problem, payload, COALESCE(:received_at, now())
-          FROM unnest(CAST(:provider AS text[]), CAST(:source AS text[]),
-                      CAST(:dedup_key AS bytea[]), CAST(:message_id AS text[]),
-                      CAST(:recipient AS text[]), CAST(:event AS text[]),
-                      CAST(:event_at AS timestamptz[]), CAST(:problem AS text[]),
-                      CAST(:payload AS jsonb[]))
-               AS appended(provider, source, dedup_key, message_id, recipient, event,
-                           event_at, problem, payload)
-        ON CONFLICT (dedup_key, event_at) DO NOTHING
-        """
-    )
+_INSERT_ARRAYS_SQL = text_sql(
+    """
+    INSERT INTO events (provider, source, dedup_key, message_id, recipient, event,
+                        event_at, problem, payload, received_at)
+    SELECT provider, source, dedup_key, message_id, recipient, event,
+           event_at, problem, payload, COALESCE(:received_at, now())
+      FROM unnest(CAST(:provider AS text[]), CAST(:source AS text[]),
+                  CAST(:dedup_key AS bytea[]), CAST(:message_id AS text[]),
+                  CAST(:recipient AS text[]), CAST(:event AS text[]),
+                  CAST(:event_at AS timestamptz[]), CAST(:problem AS text[]),
+                  CAST(:payload AS jsonb[]))
+           AS appended(provider, source, dedup_key, message_id, recipient, event,
+                       event_at, problem, payload)
+    ON CONFLICT (dedup_key, event_at) DO NOTHING
+    """
 )
 _INSERT_JSON = binary_parameters(_INSERT_JSON_SQL)
 _INSERT_ARRAYS = binary_parameters(_INSERT_ARRAYS_SQL)

@@ -43,9 +43,8 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel
 from psycopg.rows import dict_row, tuple_row
-from sqlalchemy import text
 
-from ingest.database import compile_sql
+from ingest.database import text_sql
 from ingest.notify import FOLD_CHANNEL
 from query.projection import LIVE_TABLE, MessageKey, lock_key, refold
 
@@ -56,37 +55,31 @@ CHANNEL = FOLD_CHANNEL  # notified by the writers after their commits (ingest.no
 STOP_CHECK_SECONDS = 0.1
 RECONNECT_BACKOFF_SECONDS = 2.0
 
-_TAKE_BATCH, _ = compile_sql(
-    text(
-        """
-        DELETE FROM fold_queue
-         WHERE id IN (SELECT id FROM fold_queue ORDER BY id LIMIT :limit
-                      FOR UPDATE SKIP LOCKED)
-        RETURNING provider, message_id, recipient
-        """
-    )
+_TAKE_BATCH = text_sql(
+    """
+    DELETE FROM fold_queue
+     WHERE id IN (SELECT id FROM fold_queue ORDER BY id LIMIT :limit
+                  FOR UPDATE SKIP LOCKED)
+    RETURNING provider, message_id, recipient
+    """
 )
 
 # unnest keeps the array's order and a volatile function in the select list runs once per
 # row as the rows come: the locks are taken one by one in the order sorted by Python.
-_LOCK_MESSAGES, _ = compile_sql(
-    text(
-        """
-        SELECT pg_advisory_xact_lock(k)
-          FROM unnest(CAST(:lock_keys AS bigint[])) WITH ORDINALITY AS locks(k, n)
-         ORDER BY n
-        """
-    )
+_LOCK_MESSAGES = text_sql(
+    """
+    SELECT pg_advisory_xact_lock(k)
+      FROM unnest(CAST(:lock_keys AS bigint[])) WITH ORDINALITY AS locks(k, n)
+     ORDER BY n
+    """
 )
 
-_SELECT_LAG, _ = compile_sql(
-    text(
-        """
-        SELECT count(*) AS queued,
-               COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(queued_at)), 0) AS oldest
-          FROM fold_queue
-        """
-    )
+_SELECT_LAG = text_sql(
+    """
+    SELECT count(*) AS queued,
+           COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(queued_at)), 0) AS oldest
+      FROM fold_queue
+    """
 )
 
 
