@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,17 @@ def binary_parameters(sql: str) -> str:
     """Ask psycopg for binary parameters (%(name)b): for arrays of JSON its text dumper
     escapes every character in Python, which measured as 42% of a 500-event append."""
     return re.sub(r"%\((\w+)\)s", r"%(\1)b", sql)
+
+
+def numbered(sql: str, names: Sequence[str]) -> str:
+    """A statement's %(name)s (or %(name)b) parameters as libpq's $1, $2 ... in the order
+    of `names`; for statements run through libpq itself (ingest.prepared)."""
+    for number, name in enumerate(names, 1):
+        sql = re.sub(rf"%\({name}\)[sb]", f"${number}", sql)
+    left = re.search(r"%\((\w+)\)[sb]", sql)
+    if left:
+        raise ValueError(f"parameter {left.group(1)!r} has no number")
+    return sql
 
 
 def open_pool(

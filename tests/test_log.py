@@ -138,3 +138,36 @@ def test_both_forms_of_the_insert_store_the_same_rows(db, database_url, monkeypa
     assert by_id["link@x"][5]["link"] == 'https://example.com/?a=1&b="2"'
     assert by_id["no-time@x"][4] == "no usable time"
     assert {r[5]["n"] for r in rows if r[0] is None} == {1.5}
+
+
+@pytest.mark.parametrize("arrays_from", [1, 10_000], ids=["arrays", "json"])
+def test_both_forms_of_a_grouped_insert_tell_each_request_its_new_rows(
+    db, database_url, monkeypatch, arrays_from
+):
+    from ingest.providers import PROVIDERS
+
+    monkeypatch.setattr(recorder, "ARRAYS_FROM", arrays_from)
+    normalize = PROVIDERS["brevo"].normalize
+    old, a, b, c = (
+        normalize(event(message_id=f"<{name}@x>"), "webhook") for name in ("old", "a", "b", "c")
+    )
+    with open_pool(database_url, size=1, autocommit=True) as pool:
+        assert recorder.insert_events(pool, [old]) == 1
+        # The second request repeats the first's `b` and the log's `old`: new for nobody.
+        assert recorder.insert_groups(pool, [[a, b], [b, old, c]]) == [2, 1]
+    rows = db.execute("SELECT message_id FROM events ORDER BY message_id").fetchall()
+    assert [r[0] for r in rows] == ["a@x", "b@x", "c@x", "old@x"]
+
+
+@pytest.mark.parametrize("arrays_from", [1, 10_000], ids=["arrays", "json"])
+def test_both_forms_keep_a_given_receive_time(db, database_url, monkeypatch, arrays_from):
+    from datetime import UTC, datetime
+
+    from ingest.providers import PROVIDERS
+
+    monkeypatch.setattr(recorder, "ARRAYS_FROM", arrays_from)
+    spooled_at = datetime(2026, 3, 1, 8, 30, 15, 123456, tzinfo=UTC)
+    one = PROVIDERS["brevo"].normalize(event(), "webhook")
+    with open_pool(database_url, size=1, autocommit=True) as pool:
+        assert recorder.insert_events(pool, [one], spooled_at) == 1
+    assert db.execute("SELECT received_at FROM events").fetchone()[0] == spooled_at
