@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 
 import pytest
 
@@ -168,3 +169,46 @@ def test_remembered_scrubbing_learns_new_secrets_and_keeps_no_long_values():
     assert redact.value("/x/later-secret") == "/x/[redacted]"
     long_path = "/x/" + "a" * 500 + "/first-secret"
     assert redact.value(long_path) == redact(long_path) and long_path not in redact._memo
+
+
+def test_the_request_line_skips_the_logging_machinery_only_when_nothing_else_listens(
+    monkeypatch, capsys
+):
+    # With our handler alone on the way, the request line is built without a LogRecord;
+    # with any other handler there (pytest's caplog, an embedder's file), it goes as a
+    # record, so that handler gets it. Both ways write the same line.
+    from distribmail.logs import JsonFormatter, _OurHandler, _RequestLog
+
+    redact = Redactor([API_TOKEN])
+    ours = _OurHandler()
+    ours.setFormatter(JsonFormatter(redact))
+    top = logging.getLogger("test-direct")
+    top.propagate = False
+    monkeypatch.setattr(top, "handlers", [ours])
+    request_log = _RequestLog(redact, ())
+    request_log.access = logging.getLogger("test-direct.access")
+    request_log.access.setLevel(logging.INFO)
+
+    def line(given_id: str) -> dict:
+        served = request_log.start(given_id)
+        try:
+            request_log.finish(served, "GET", f"/x/{API_TOKEN}", 200, "10.0.0.1", None)
+        finally:
+            request_log.forget(served)
+        (written,) = json_lines(capsys.readouterr().err)
+        return written
+
+    def no_records(*args, **kwargs):
+        raise AssertionError("a LogRecord was made")
+
+    with monkeypatch.context() as m:
+        m.setattr(logging.Logger, "makeRecord", no_records)
+        direct = line("req-direct-0001")
+    other = logging.handlers.MemoryHandler(capacity=10)
+    monkeypatch.setattr(top, "handlers", [ours, other])
+    as_record = line("req-direct-0001")
+    assert [r.getMessage() for r in other.buffer] == ["GET /x/[redacted] 200"]
+    for varying in ("time", "duration_ms"):
+        del direct[varying], as_record[varying]
+    assert direct == as_record
+    assert direct["path"] == "/x/[redacted]" and direct["request_id"] == "req-direct-0001"
