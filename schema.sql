@@ -17,13 +17,16 @@ CREATE TABLE IF NOT EXISTS events (
     -- Arrival position. NOT commit order: a transaction that started earlier can commit
     -- a smaller id later, so readers must not use it as a high-water mark (see fold_queue).
     id           bigserial   NOT NULL,
-    provider     text        NOT NULL,
+    -- The message key (provider, message_id, recipient) compares byte by byte (COLLATE
+    -- "C"): identifiers, not words. The locale's collation made every comparison in its
+    -- index a strcoll call (measured: a sixth of a 500-event append's server time).
+    provider     text        COLLATE "C" NOT NULL,
     source       text        NOT NULL,              -- webhook | api
     -- sha256 of what the event says (provider, source, message-id, recipient, event,
     -- time in ms, link): a retransmission hits it and is a no-op.
     dedup_key    bytea       NOT NULL,
-    message_id   text,                              -- normalized: no <>, no blanks
-    recipient    text,                              -- lower-case
+    message_id   text        COLLATE "C",           -- normalized: no <>, no blanks
+    recipient    text        COLLATE "C",           -- lower-case
     event        text,                              -- the provider's own name
     event_at     timestamptz,                       -- from ts_epoch (UTC) when present
     received_at  timestamptz NOT NULL DEFAULT now(),
@@ -43,6 +46,22 @@ CREATE TABLE IF NOT EXISTS events (
 -- `distribmail archive`. Undated events, and times too far off to be real (ingest.recorder
 -- decides), go to the default partition.
 CREATE TABLE IF NOT EXISTS events_undated PARTITION OF events DEFAULT;
+
+-- A log made before the key compared byte by byte: its key columns (and so their index,
+-- rebuilt; the rows are not rewritten) take COLLATE "C" once. Detached (archived) months
+-- keep their own collation.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+                WHERE a.attrelid = 'events'::regclass
+                  AND a.attname IN ('provider', 'message_id', 'recipient')
+                  AND c.collname <> 'C') THEN
+        ALTER TABLE events ALTER COLUMN provider TYPE text COLLATE "C",
+                           ALTER COLUMN message_id TYPE text COLLATE "C",
+                           ALTER COLUMN recipient TYPE text COLLATE "C";
+    END IF;
+END
+$$;
 
 CREATE INDEX IF NOT EXISTS events_message_idx ON events (provider, message_id, recipient);
 CREATE INDEX IF NOT EXISTS events_event_at_idx ON events (event_at);

@@ -171,3 +171,28 @@ def test_both_forms_keep_a_given_receive_time(db, database_url, monkeypatch, arr
     with open_pool(database_url, size=1, autocommit=True) as pool:
         assert recorder.insert_events(pool, [one], spooled_at) == 1
     assert db.execute("SELECT received_at FROM events").fetchone()[0] == spooled_at
+
+
+def test_a_log_keyed_in_the_locales_order_takes_byte_order_once(database_url, one_event, db):
+    # A log made before the key columns compared byte by byte: schema.sql converts them
+    # (and rebuilds their index) without touching a row; a second apply changes nothing.
+    db.execute(
+        'ALTER TABLE events ALTER COLUMN provider TYPE text COLLATE "default",'
+        ' ALTER COLUMN message_id TYPE text COLLATE "default",'
+        ' ALTER COLUMN recipient TYPE text COLLATE "default"'
+    )
+    key_collations = (
+        "SELECT a.attname, c.collname FROM pg_attribute a"
+        " JOIN pg_collation c ON c.oid = a.attcollation"
+        " WHERE a.attrelid = 'events'::regclass"
+        " AND a.attname IN ('provider', 'message_id', 'recipient') ORDER BY 1"
+    )
+    assert {r[1] for r in db.execute(key_collations)} == {"default"}
+    before = db.execute("SELECT id, dedup_key, message_id, recipient FROM events").fetchall()
+    apply_schema(database_url)
+    apply_schema(database_url)
+    assert {r[1] for r in db.execute(key_collations)} == {"C"}
+    after = db.execute("SELECT id, dedup_key, message_id, recipient FROM events").fetchall()
+    assert after == before
+    index = db.execute("SELECT pg_get_indexdef('events_message_idx'::regclass)").fetchone()[0]
+    assert "(provider, message_id, recipient)" in index
