@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -148,8 +148,11 @@ class Receiver:
         events: list[NormalizedEvent] | None = None
         if time.monotonic() >= self._down_until:
             try:
-                events = self.normalize(provider_name, source, payloads)
-                stored = self.append_events(events)
+                if len(payloads) > recorder.STREAM_CHUNK:
+                    events, stored = self._append_streamed(provider_name, source, payloads)
+                else:
+                    events = self.normalize(provider_name, source, payloads)
+                    stored = self.append_events(events)
                 receipt = Receipt(len(payloads), stored, len(payloads) - stored)
                 return self._observed(provider_name, payloads, events, receipt)
             except DatabaseUnavailable as e:
@@ -200,6 +203,35 @@ class Receiver:
             stored = self._committer.submit(events, len(events))
         else:  # replayed from the spool or pulled: kept apart, with its own receive time
             stored = recorder.insert_events(self.pool, events, received_at)
+        self._appended(stored)
+        return stored
+
+    def _append_streamed(
+        self, provider_name: str, source: str, payloads: list[dict[str, Any]]
+    ) -> tuple[list[NormalizedEvent], int]:
+        """A large batch, normalized a chunk at a time, each chunk sent to the database
+        before the next is normalized (recorder.insert_stream): one transaction still,
+        outside the group commit (it is a group of its own). Returns (events, stored)."""
+        normalize = PROVIDERS[provider_name].normalize
+        events: list[NormalizedEvent] = []
+
+        def chunks() -> Iterator[list[NormalizedEvent]]:
+            for start in range(0, len(payloads), recorder.STREAM_CHUNK):
+                chunk = [
+                    normalize(p, source) for p in payloads[start : start + recorder.STREAM_CHUNK]
+                ]
+                events.extend(chunk)
+                yield chunk
+
+        try:
+            stored = recorder.insert_stream(self.pool, chunks())
+        except recorder.PartitionMissing:
+            every = self.normalize(provider_name, source, payloads)
+            return every, self.append_events(every)
+        self._appended(stored)
+        return events, stored
+
+    def _appended(self, stored: int) -> None:
         if self._down_until:
             # The database took rows (the drainer's, most likely): it is back, so the
             # next webhooks go to it rather than to the spool for what is left of the
@@ -209,7 +241,6 @@ class Receiver:
                 self._down_until = 0.0
         if stored and self.notifier is not None:
             self.notifier.poke()
-        return stored
 
     def _spool(self, request: SpooledRequest) -> Receipt:
         try:

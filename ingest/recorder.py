@@ -9,10 +9,11 @@ key turns a retransmission into a no-op; rowcount counts only the rows inserted.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 # server unnests faster than it reads JSON (measured at 500 events: 24 against 30 us an
 # event), dumped and run by psycopg.
 ARRAYS_FROM = 32
+# A batch of more events than this is appended a chunk of this many at a time, pipelined
+# in one transaction (insert_stream): measured on 500-event batches sent twice a second,
+# 51 ms for one statement after normalizing them all, 35 ms in chunks of 125.
+STREAM_CHUNK = 125
 
 _INSERT_JSON_SQL = text_sql(
     """
@@ -170,16 +175,8 @@ def ensure_partitions(pool: ConnectionPool, events: Sequence[NormalizedEvent]) -
     and that month's partition could then no longer be created. A failure here is logged,
     not raised: the append itself still stores the rows (in the default partition).
     """
-    latest = datetime.now(UTC) + timedelta(days=_FUTURE_DAYS)
     known = _months_with_partition.setdefault(pool, set())
-    missing = {
-        (e.event_at.year, e.event_at.month): e.event_at
-        for e in events
-        if e.event_at is not None
-        and (e.event_at.year, e.event_at.month) not in known
-        and _OLDEST_MONTH <= e.event_at <= latest
-    }
-    for month, moment in sorted(missing.items()):
+    for month, moment in sorted(_months_missing(pool, events).items()):
         try:
             with pool.connection() as conn:
                 conn.execute(_ENSURE_MONTH, {"moment": moment})
@@ -188,6 +185,21 @@ def ensure_partitions(pool: ConnectionPool, events: Sequence[NormalizedEvent]) -
             raise
         except psycopg.Error as e:
             log.warning("no partition for %04d-%02d (rows go to events_undated): %s", *month, e)
+
+
+def _months_missing(
+    pool: ConnectionPool, events: Sequence[NormalizedEvent]
+) -> dict[tuple[int, int], datetime]:
+    """The months these events need that this process has not seen a partition for."""
+    latest = datetime.now(UTC) + timedelta(days=_FUTURE_DAYS)
+    known = _months_with_partition.setdefault(pool, set())
+    return {
+        (e.event_at.year, e.event_at.month): e.event_at
+        for e in events
+        if e.event_at is not None
+        and (e.event_at.year, e.event_at.month) not in known
+        and _OLDEST_MONTH <= e.event_at <= latest
+    }
 
 
 def unique_by_key(events: Sequence[NormalizedEvent]) -> list[NormalizedEvent]:
@@ -284,3 +296,42 @@ def insert_groups(pool: ConnectionPool, groups: Sequence[Sequence[NormalizedEven
             for key in _new_keys(conn, events):
                 stored[owner[key]] += 1
     return stored
+
+
+class PartitionMissing(Exception):
+    """A chunk after the first needs a month with no partition yet. Creating it takes a
+    lock on the default partition, which the open transaction may hold by then: nothing
+    is stored, and the caller appends the batch the ordinary way."""
+
+
+def insert_stream(pool: ConnectionPool, chunks: Iterable[Sequence[NormalizedEvent]]) -> int:
+    """Append chunk after chunk in one transaction (all or nothing, committed before this
+    returns); return how many events were new. Each chunk's statement is sent as soon as
+    it is made, so that the server inserts it while the caller makes the next: for a
+    large batch, normalizing and inserting overlap instead of adding up. A repeat, in a
+    chunk or across chunks, counts as a duplicate, first one wins, as in insert_events.
+
+    Raises DatabaseUnavailable, PartitionMissing, or the database's refusal of a row.
+    """
+    chunks = iter(chunks)
+    first = list(next(chunks, ()))
+    sent: list[psycopg.Cursor[Any]] = []
+    seen: set[bytes] = set()
+    with _unreachable_as_unavailable():
+        # Before the transaction: once it holds rows, creating a month could wait on it.
+        ensure_partitions(pool, first)
+        with pool.connection() as conn, conn.pipeline(), conn.transaction():
+            for chunk in itertools.chain([first], chunks):
+                fresh = [e for e in unique_by_key(chunk) if e.dedup_key not in seen]
+                if not fresh:
+                    continue
+                if _months_missing(pool, fresh):
+                    raise PartitionMissing
+                seen.update(e.dedup_key for e in fresh)
+                cur = conn.cursor()
+                cur.execute(_INSERT_ARRAYS, _array_parameters(fresh, None))  # type: ignore[arg-type]
+                sent.append(cur)
+                # In pipeline mode libpq keeps the statement in its buffer until a sync:
+                # push it to the server now (what does not fit goes with the next one).
+                conn.pgconn.flush()
+    return sum(cur.rowcount for cur in sent)
