@@ -20,6 +20,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ingest.database import apply_schema
+from tests.servers import StoppableServer
 
 TEST_TOKENS = ("token-current", "token-next")
 
@@ -136,3 +137,11 @@ def refuse_recipient(db: psycopg.Connection):
         )
 
     return refuse
+
+
+@pytest.fixture
+def stoppable() -> Iterator[StoppableServer]:
+    """A PostgreSQL server of the test's own, which it may stop and start again."""
+    server = StoppableServer()
+    yield server
+    server.cleanup()

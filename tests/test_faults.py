@@ -194,13 +194,6 @@ def check_every_event_once(
 # --- the database stopped under load --------------------------------------------------
 
 
-@pytest.fixture
-def stoppable():
-    server = StoppableServer()
-    yield server
-    server.cleanup()
-
-
 def test_database_stopped_under_load_loses_nothing(stoppable):
     served = Served(
         {

@@ -7,19 +7,10 @@ import os
 import time
 from datetime import UTC, datetime
 
-import pytest
-
 from ingest.spool import MAX_ATTEMPTS, Spool, SpooledRequest
 from ingest.web import RECEIVER
 from tests.payloads import event
-from tests.servers import StoppableServer, wait_until
-
-
-@pytest.fixture
-def stoppable():
-    server = StoppableServer()
-    yield server
-    server.cleanup()
+from tests.servers import wait_until
 
 
 def test_database_stopped_mid_run_spools_then_drains_exactly_once(

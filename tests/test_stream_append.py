@@ -7,7 +7,7 @@ import pytest
 
 from ingest import recorder
 from tests.payloads import event
-from tests.servers import StoppableServer, wait_until
+from tests.servers import wait_until
 
 CHUNK = 3  # so that a ten-event batch is four chunks
 
@@ -94,13 +94,6 @@ def test_a_later_chunk_in_a_month_without_partition_falls_back_to_one_statement(
         "SELECT tableoid::regclass::text, count(*) FROM events GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert ("events_2024_02", 5) in [tuple(r) for r in where]
-
-
-@pytest.fixture
-def stoppable():
-    server = StoppableServer()
-    yield server
-    server.cleanup()
 
 
 def test_a_large_batch_with_the_database_down_is_spooled_then_drained(
