@@ -54,7 +54,7 @@ _INSERT_JSON_SQL = text_sql(
            AS appended(provider text, source text, dedup_key text, message_id text,
                        recipient text, event text, event_at timestamptz, problem text,
                        payload jsonb)
-    ON CONFLICT (dedup_key, event_at) DO NOTHING
+    ON CONFLICT ON CONSTRAINT events_dedup_key_unique DO NOTHING
     """
 )
 _INSERT_ARRAYS_SQL = text_sql(
@@ -70,7 +70,7 @@ _INSERT_ARRAYS_SQL = text_sql(
                   CAST(:payload AS jsonb[]))
            AS appended(provider, source, dedup_key, message_id, recipient, event,
                        event_at, problem, payload)
-    ON CONFLICT (dedup_key, event_at) DO NOTHING
+    ON CONFLICT ON CONSTRAINT events_dedup_key_unique DO NOTHING
     """
 )
 # For a group of requests: which rows were new, to tell each request its own count.

@@ -196,3 +196,29 @@ def test_a_log_keyed_in_the_locales_order_takes_byte_order_once(database_url, on
     assert after == before
     index = db.execute("SELECT pg_get_indexdef('events_message_idx'::regclass)").fetchone()[0]
     assert "(provider, message_id, recipient)" in index
+
+
+def test_a_log_whose_dedup_index_led_with_the_key_is_rebuilt_time_first_once(
+    database_url, one_event, db
+):
+    db.execute("ALTER TABLE events DROP CONSTRAINT events_dedup_key_unique")
+    db.execute(
+        "ALTER TABLE events ADD CONSTRAINT events_dedup_key_unique"
+        " UNIQUE NULLS NOT DISTINCT (dedup_key, event_at)"
+    )
+    db.execute("CREATE INDEX events_event_at_idx ON events (event_at)")
+    definition = (
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = 'events'::regclass AND conname = 'events_dedup_key_unique'"
+    )
+    apply_schema(database_url)
+    apply_schema(database_url)
+    assert "(event_at, dedup_key)" in db.execute(definition).fetchone()[0]
+    assert db.execute("SELECT to_regclass('events_event_at_idx')").fetchone()[0] is None
+    # The log still refuses a second copy of what it holds.
+    from ingest.providers import PROVIDERS
+
+    again = PROVIDERS["brevo"].normalize(event(), "webhook")
+    with open_pool(database_url, size=1, autocommit=True) as pool:
+        assert recorder.insert_events(pool, [again]) == 0
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 1
