@@ -1,10 +1,11 @@
 """The log's recorder: the only place on the write side that speaks SQL.
 
 One INSERT ... SELECT per append, from one JSON text for a few events or from binary arrays
-for many, so a 500-event batch (or a group of concurrent requests, ingest.group_commit) is
-one statement, one round trip (the pool is in autocommit: a single statement is its own
-transaction, all or nothing, its trigger included). ON CONFLICT DO NOTHING on the dedup
-key turns a retransmission into a no-op; rowcount counts only the rows inserted.
+for many, so a group of concurrent requests (ingest.group_commit) is one statement, one
+round trip (the pool is in autocommit: a single statement is its own transaction, all or
+nothing, its trigger included). A large batch is the exception: a few statements in one
+transaction, pipelined (insert_stream). ON CONFLICT DO NOTHING on the dedup key turns a
+retransmission into a no-op; rowcount counts only the rows inserted.
 """
 
 from __future__ import annotations
