@@ -94,7 +94,8 @@ def test_schema_applies_twice_without_change(database_url, one_event, db):
     ]
 
 
-def test_an_append_queues_its_messages_for_the_fold(client, auth_headers, db):
+def test_an_append_queues_its_messages_for_the_fold(make_app, auth_headers, db):
+    client = make_app(DISTRIBMAIL_PROJECTOR="off").test_client()  # it would empty the queue
     batch = [event("request"), event("delivered"), event("delivered", email="other@example.com")]
     client.post("/webhooks/brevo", json=batch, headers=auth_headers)
     queued = db.execute("SELECT recipient FROM fold_queue ORDER BY recipient").fetchall()
