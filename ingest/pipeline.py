@@ -212,14 +212,12 @@ class Receiver:
         """A large batch, normalized a chunk at a time, each chunk sent to the database
         before the next is normalized (recorder.insert_stream): one transaction still,
         outside the group commit (it is a group of its own). Returns (events, stored)."""
-        normalize = PROVIDERS[provider_name].normalize
         events: list[NormalizedEvent] = []
 
         def chunks() -> Iterator[list[NormalizedEvent]]:
             for start in range(0, len(payloads), recorder.STREAM_CHUNK):
-                chunk = [
-                    normalize(p, source) for p in payloads[start : start + recorder.STREAM_CHUNK]
-                ]
+                part = payloads[start : start + recorder.STREAM_CHUNK]
+                chunk = self.normalize(provider_name, source, part)
                 events.extend(chunk)
                 yield chunk
 
