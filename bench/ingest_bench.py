@@ -35,6 +35,7 @@ from cpu_meter import CpuMeter, CpuSplit, machine_busy_percent
 from loadgen_steady import SteadyResult, run_steady
 from loadgen_wrk import LoadResult, WrkMissing, run_wrk, wrk_path
 
+from ingest.embedded import SERVER_SETTINGS
 from ingest.settings import env_switch
 
 PATH = "/webhooks/brevo"
@@ -68,7 +69,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--duration", type=float, default=10, help="seconds per wrk phase")
     p.add_argument("--reps", type=int, default=3, help="repetitions of each wrk phase (median)")
-    p.add_argument("--steady-seconds", type=float, default=20, help="seconds per steady phase")
+    p.add_argument(
+        "--steady-seconds", type=float, default=20, help="seconds of the steady single events"
+    )
+    p.add_argument(
+        "--steady-batches",
+        type=int,
+        default=200,
+        help="batches sent in the steady batch phase (2 a second at 1,000 events/s): a p99"
+        " of fewer than 100 samples is only their maximum",
+    )
     p.add_argument("--batch", type=int, default=500, help="events per batch request")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers (both servers)")
     p.add_argument("--threads", type=int, default=8, help="gunicorn threads (both servers)")
@@ -245,7 +255,7 @@ def run_bench(args: argparse.Namespace, servers: Servers) -> int:
     host, port = receiver_url.removeprefix("http://").split(":")
     for tag, size in (("steadysingle", 1), ("steadybatch", args.batch)):
         request_rate = STEADY_RATE / size
-        count = max(1, int(request_rate * args.steady_seconds))
+        count = args.steady_batches if size > 1 else max(1, int(request_rate * args.steady_seconds))
         maker = EventMaker(tag)
         bodies = [maker.body(0, k, size) for k in range(1, count + 1)]
         # Enough connections to absorb a stall without leaving slots unsent on time (as
@@ -332,6 +342,7 @@ def report(args: argparse.Namespace, r: Results) -> int:
         "receiver: distribmail serve with DISTRIBMAIL_PROJECTOR=off (the receiver alone; the"
         f" projector runs apart), extra environment {args.receiver_env or 'none'}"
     )
+    w(f"database: embedded PostgreSQL with serve's settings {SERVER_SETTINGS}")
     w("cpu: percent of one core (200% = both), median over the repetitions")
     w("")
     header = f"{'req/s':>9}{'events/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'errors':>7}"
@@ -415,12 +426,14 @@ def report(args: argparse.Namespace, r: Results) -> int:
         (
             f"(b) p99 < {STEADY_P99_TARGET_MS:g} ms, batches at steady {STEADY_RATE} events/s",
             sb.percentile(99) < STEADY_P99_TARGET_MS and not (sb.errors or sb.missed),
-            f"p99 {sb.percentile(99):.1f} ms, {len(sb.latencies_ms)} requests",
+            f"p99 {sb.percentile(99):.1f} ms, {len(sb.latencies_ms)} requests,"
+            f" {sb.over(STEADY_P99_TARGET_MS)} over {STEADY_P99_TARGET_MS:g} ms",
         ),
         (
             f"(extra) p99 < {STEADY_P99_TARGET_MS:g} ms, single events at {STEADY_RATE}/s",
             ss.percentile(99) < STEADY_P99_TARGET_MS and not (ss.errors or ss.missed),
-            f"p99 {ss.percentile(99):.1f} ms, {len(ss.latencies_ms)} requests",
+            f"p99 {ss.percentile(99):.1f} ms, {len(ss.latencies_ms)} requests,"
+            f" {ss.over(STEADY_P99_TARGET_MS)} over {STEADY_P99_TARGET_MS:g} ms",
         ),
     ]
     return print_report(lines, checks, 60)

@@ -35,6 +35,9 @@ class SteadyResult:
     def achieved_rate(self) -> float:
         return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
 
+    def over(self, ms: float) -> int:
+        return sum(latency > ms for latency in self.latencies_ms)
+
     def percentile(self, p: float) -> float:
         if len(self.latencies_ms) < 2:
             return self.latencies_ms[0] if self.latencies_ms else float("nan")
