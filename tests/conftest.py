@@ -9,6 +9,7 @@ truncated, by design, so tests do not share one).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -42,7 +43,8 @@ def server_url() -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="dm-test-")) / "pg"  # short: unix socket path limit
     server = get_server(folder, cleanup_mode="delete")
     yield server.get_uri("postgres")
-    server.cleanup()
+    server.cleanup()  # stops the server and deletes its folder, not the parent
+    shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

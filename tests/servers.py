@@ -81,7 +81,8 @@ class StoppableServer:
     def cleanup(self) -> None:
         with contextlib.suppress(Exception):  # already running
             self.start()
-        self.server.cleanup()
+        self.server.cleanup()  # stops the server and deletes its folder, not the parent
+        shutil.rmtree(self.folder.parent, ignore_errors=True)
 
 
 class Served:

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -365,6 +366,7 @@ def test_projector_killed_mid_batch_then_restarted_equals_a_replay(
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
     report = replay(database_url, dry_run=True)
     live = projection(db)
     print(
