@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from ingest.embedded import SERVER_SETTINGS, server_folder, start_embedded, tune_server
-from tests.servers import StoppableServer, wait_until
+from tests.servers import wait_until
 
 
 def shown(url: str, name: str) -> str:
@@ -31,13 +29,6 @@ def set_by_owner(url: str, name: str, value: str) -> None:
     assert wait_until(lambda: shown(url, name) == value, 10)
 
 
-@pytest.fixture
-def own_server() -> Iterator[StoppableServer]:
-    server = StoppableServer("tuning")
-    yield server
-    server.cleanup()
-
-
 def test_start_embedded_flushes_backend_writes_early() -> None:
     # Not under tmp_path: run as root, the server's own user must traverse every parent.
     data_dir = Path(tempfile.mkdtemp(prefix="dm-emb-")) / "var"
@@ -51,8 +42,8 @@ def test_start_embedded_flushes_backend_writes_early() -> None:
         shutil.rmtree(data_dir.parent, ignore_errors=True)
 
 
-def test_tuning_applies_once_and_keeps_what_the_owner_chose(own_server) -> None:
-    url = own_server.admin_url
+def test_tuning_applies_once_and_keeps_what_the_owner_chose(stoppable) -> None:
+    url = stoppable.admin_url  # a server of the test's own: the tuning is server-wide
     assert shown(url, "backend_flush_after") == "0"  # PostgreSQL's own default
 
     assert tune_server(url) == list(SERVER_SETTINGS)
